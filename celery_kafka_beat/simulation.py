@@ -20,15 +20,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import heapq
+import itertools
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol.node import (
+    Action,
     Append,
     Bootstrap,
     CatchUp,
@@ -197,7 +199,7 @@ class Simulation:
         self.report = Report(seed=scenario.seed)
         self._sessions = 0
         self._all_entries = dict(scenario.entries)
-        for i in range(scenario.nodes):
+        for _ in range(scenario.nodes):
             self._add_node(frozenset(scenario.entries))
 
     # -- plumbing ---------------------------------------------------------------------------------------------
@@ -256,6 +258,7 @@ class Simulation:
         self._covered()
         node.generation += 1
         node.timer_at = None
+        node.stalled_until = 0  # a new process has a new connection
         node.read_pos = len(self.log)
         node.stop_deadline = None
         self._log(f"{node.name} starts with {sorted(node.entries)} at offset {node.read_pos}")
@@ -271,7 +274,7 @@ class Simulation:
         node.timer_at = wake
         self._push(wake, "timer", node.index, node.generation, wake)
 
-    def _execute(self, node: _SimNode, actions: list[object]) -> None:
+    def _execute(self, node: _SimNode, actions: Sequence[Action]) -> None:
         assert node.core is not None
         for action in actions:
             if isinstance(action, Append):
@@ -306,6 +309,7 @@ class Simulation:
         decision = self.decisions.get(key)
         if decision is None:
             self._fail(f"{node.name} dispatched {key} which no valid decision in the log covers")
+            return
         if self.sc.settings.delivery is DeliveryMode.AT_MOST_ONCE and len(earlier) > 1:
             self._fail(f"tick {key} dispatched twice in at-most-once mode: {earlier}")
         if not action.resend:
@@ -317,9 +321,8 @@ class Simulation:
             jumped = any(self.now - j < 70_000 for j in self.jumps)
             if owner is not None and owner[0] != action.session and owner[1] > action.epoch and not jumped:
                 self._fail(f"zombie: {node.name} dispatched {key} although {owner} claimed the entry since")
-        else:
-            if any(s == action.session for s, r, _ in earlier[:-1]):
-                self._fail(f"{node.name} re-sent {key} twice")
+        elif any(s == action.session for s, r, _ in earlier[:-1]):
+            self._fail(f"{node.name} re-sent {key} twice")
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -356,14 +359,14 @@ class Simulation:
             self._start(node)
             return
         local = self._local(node)
-        actions: list[object] = []
+        actions: list[Action] = []
         while node.read_pos < len(self.log) and self.log[node.read_pos].appended_at + node.read_delay <= self.now:
             rec = self.log[node.read_pos]
             node.read_pos += 1
             actions += node.core.on_record(rec.offset, rec.ts, rec.record, local)
-        if node.read_pos == len(self.log) and self.rng.random() < 0.05:
-            if node.core.state.to_json() != self.oracle.to_json():
-                self._fail(f"{node.name} caught up with the log but its state differs from the oracle's")
+        caught_up = node.read_pos == len(self.log) and self.rng.random() < 0.05
+        if caught_up and node.core.state.to_json() != self.oracle.to_json():
+            self._fail(f"{node.name} caught up with the log but its state differs from the oracle's")
         actions += node.core.on_timer(local)
         self._execute(node, actions)
         self._after_step(node)
@@ -525,7 +528,7 @@ class Simulation:
         end = self.now - recover
         for entry, decided in by_entry.items():
             decided.sort()
-            for (t_a, _), (t_b, dec_b) in zip(decided, decided[1:], strict=False):
+            for (t_a, _), (t_b, dec_b) in itertools.pairwise(decided):
                 skipped = first_skipped = schedule.next_tick(entry, t_a, t_a)
                 while skipped is not None and skipped < t_b:
                     self.report.skipped_ticks += 1
@@ -556,6 +559,7 @@ class Simulation:
                     got = decided_keys.get((entry, tick))
                     if got is None:
                         self._fail(f"tick ({entry}, {tick}) fell due in a calm stretch but was never decided")
+                        return
                     lateness = got[3] - tick
                     if lateness > s.catchup_grace_ms:
                         self._fail(f"tick ({entry}, {tick}) decided {lateness} ms late in a calm stretch")

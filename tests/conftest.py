@@ -1,0 +1,77 @@
+"""Shared fixtures: real Kafka brokers for integration tests (see docs/devkafka.md).
+
+* ``kafka_bootstrap`` (session): bootstrap servers of a 1-node cluster started for the session, or of the
+  existing cluster named by ``$CKB_KAFKA_BOOTSTRAP``. Fails (never skips) when Kafka is unavailable.
+* ``kafka_cluster3`` (session): a 3-node :class:`KafkaCluster`, started only if a test requests it. Tests that
+  kill, stop or pause brokers must bring them back (``restart_broker`` / ``resume_broker``) before returning.
+* ``admin`` (session): an ``AdminClient`` on ``kafka_bootstrap``.
+* ``topic_name`` (function): a unique topic name (the topic is not created).
+
+Tests using these fixtures are marked ``kafka`` / ``kafka3`` automatically, so ``-m "not kafka"`` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from celery_kafka_beat.devkafka import DevKafkaError, KafkaCluster
+
+BOOTSTRAP_ENV = "CKB_KAFKA_BOOTSTRAP"
+# Why 3 s (default 9 s): after a broker crash the controller fences it and moves leadership once this expires;
+# fault tests then wait ~3 s instead of ~9 s.
+CLUSTER3_SESSION_TIMEOUT_MS = 3000
+# Why 15 s: an existing cluster on loopback/LAN answers metadata in milliseconds; a slow remote one still fits.
+_EXISTING_CLUSTER_TIMEOUT_S = 15.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the Kafka fixtures they use (directly or through other fixtures)."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "kafka_bootstrap" in names:
+            item.add_marker(pytest.mark.kafka)
+        if "kafka_cluster3" in names:
+            item.add_marker(pytest.mark.kafka3)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a running Kafka (existing via $CKB_KAFKA_BOOTSTRAP, else a fresh 1-node one)."""
+    existing = os.environ.get(BOOTSTRAP_ENV, "").strip()
+    if existing:
+        admin = AdminClient({"bootstrap.servers": existing})
+        try:
+            admin.list_topics(timeout=_EXISTING_CLUSTER_TIMEOUT_S)
+        except KafkaException as exc:
+            raise DevKafkaError(f"${BOOTSTRAP_ENV}={existing} is not reachable: {exc}") from exc
+        yield existing
+        return
+    with KafkaCluster(nodes=1) as cluster:  # a DevKafkaError here errors every Kafka test: intended
+        yield cluster.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster3() -> Iterator[KafkaCluster]:
+    """A 3-node cluster (RF 3, min ISR 2) with fast broker fencing, for fault-injection tests."""
+    with KafkaCluster(nodes=3, broker_session_timeout_ms=CLUSTER3_SESSION_TIMEOUT_MS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def admin(kafka_bootstrap: str) -> AdminClient:
+    """An AdminClient connected to ``kafka_bootstrap``."""
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A unique, valid topic name mentioning the test (the topic itself is not created)."""
+    test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80]
+    return f"ckb-{test}-{uuid.uuid4().hex}"

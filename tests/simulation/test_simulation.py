@@ -1,0 +1,108 @@
+"""Seeded simulations of the protocol under faults, and proof that the checker catches broken rules."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from celery_kafka_beat import wire
+from celery_kafka_beat.protocol import node as node_module
+from celery_kafka_beat.protocol import state as state_module
+from celery_kafka_beat.simulation import InvariantViolation, Simulation, make_scenario, run_seed
+
+SEEDS = int(os.environ.get("CKB_SIM_SEEDS", "1000"))
+EVENTS = int(os.environ.get("CKB_SIM_EVENTS", "1000"))
+CHUNK = 50
+
+
+def _run_chunk(first: int) -> tuple[int, int, dict[str, int]]:
+    """Run seeds [first, first + CHUNK); return (scenarios, events, fault counts). Raises on a violation."""
+    events, faults = 0, {}
+    for seed in range(first, min(first + CHUNK, SEEDS)):
+        report = run_seed(seed, EVENTS)
+        events += report.events
+        for kind, n in report.faults.items():
+            faults[kind] = faults.get(kind, 0) + n
+    return min(CHUNK, SEEDS - first), events, faults
+
+
+def test_default_scenarios_violate_no_invariant() -> None:
+    """Given 1,000 seeded scenarios of 1,000 events with every kind of fault, then no invariant breaks."""
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(_run_chunk, range(0, SEEDS, CHUNK)))
+    scenarios = sum(r[0] for r in results)
+    events = sum(r[1] for r in results)
+    faults: dict[str, int] = {}
+    for _, _, f in results:
+        for kind, n in f.items():
+            faults[kind] = faults.get(kind, 0) + n
+    print(f"\n{scenarios} scenarios, {events} events, faults: {dict(sorted(faults.items()))}")
+    assert scenarios == SEEDS
+    assert events >= SEEDS * EVENTS
+    assert set(faults) == set(Simulation.FAULTS), "every kind of fault must have been injected"
+
+
+def test_a_seed_replays_exactly() -> None:
+    first, second = run_seed(123, 1500), run_seed(123, 1500)
+    assert first.line() == second.line()
+    assert first.decided > 0
+
+
+def _first_violation(seeds: range, events: int = 1500) -> str | None:
+    for seed in seeds:
+        try:
+            Simulation(make_scenario(seed, events)).run()
+        except InvariantViolation as exc:
+            return str(exc)
+    return None
+
+
+@pytest.fixture
+def mutate(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    return monkeypatch
+
+
+def test_acting_on_a_decision_before_reading_it_back_is_caught(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: publish ticks as soon as the decide record is sent, without reading it back."""
+    original = node_module.NodeCore._decide
+
+    def eager(self: node_module.NodeCore, now: int, broker_now: int) -> list[node_module.Action]:
+        actions = original(self, now, broker_now)
+        for action in actions:
+            if isinstance(action, node_module.Append) and isinstance(action.record, wire.Decide):
+                for item in action.record.items:
+                    self._to_publish.append((item.tick, item.entry, item.epoch))
+        return actions
+
+    mutate.setattr(node_module.NodeCore, "_decide", eager)
+    violation = _first_violation(range(200))
+    assert violation is not None
+    assert "seed" in violation
+
+
+def test_a_holder_that_ignores_its_own_lease_is_caught_as_a_zombie(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: the holder never gives up on its local clock (the seed's 'no fencing' flaw)."""
+    mutate.setattr(node_module.NodeCore, "_expire_inflight", lambda self, now: setattr(self, "lease_deadline", 10**18))
+    violation = _first_violation(range(300))
+    assert violation is not None
+
+
+def test_deciding_a_tick_that_is_not_later_than_the_last_is_caught(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: the fold accepts a decision for a tick that was already decided (no monotonic tick check)."""
+
+    def lenient(self: state_module.ClusterState, offset: int, record: wire.Decide) -> state_module.Outcome:
+        decided = []
+        for item in record.items:
+            entry = self.entries.get(item.entry)
+            if entry is None or entry.owner != record.session or entry.epoch != item.epoch:
+                continue
+            entry.last_tick, entry.last_session, entry.last_epoch = item.tick, record.session, item.epoch
+            entry.last_offset, entry.published = offset, False
+            decided.append(item)
+        return state_module.Outcome(valid=True, decided=tuple(decided))
+
+    mutate.setattr(state_module.ClusterState, "_decide", lenient)
+    violation = _first_violation(range(300))
+    assert violation is not None
