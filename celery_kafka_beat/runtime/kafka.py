@@ -1,0 +1,656 @@
+"""The Kafka runtime: one background thread that drives a :class:`~celery_kafka_beat.protocol.NodeCore` with
+confluent-kafka.
+
+The thread owns one ``Producer``, one ``Consumer`` (manually assigned to the sync topic's only partition, no
+consumer group), one ``AdminClient`` and the core. It rebuilds the cluster state by reading the topic from its low
+watermark to its high watermark, starts a session, then loops: poll records, feed them to the core in offset order,
+run the core's timers and carry out its actions (append a record, dispatch a tick, delete records a snapshot
+covers).
+
+**Fork:** librdkafka clients do not survive ``fork()``. :meth:`KafkaNode.start` creates every client in the new
+thread of the *calling* process; call it in the process that will use the node (with ``celery worker -B``: in the
+beat process, after the fork), never before a fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Final
+
+from confluent_kafka import (
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from celery_kafka_beat import wire
+from celery_kafka_beat.protocol import (
+    Action,
+    Append,
+    Bootstrap,
+    ClusterState,
+    Dispatch,
+    NodeCore,
+    NodeSettings,
+    Note,
+    Schedule,
+    Truncate,
+)
+from celery_kafka_beat.runtime.topic import MAX_MESSAGE_BYTES, TopicConfigError, ensure_topic
+
+__all__ = [
+    "DispatchCallback",
+    "KafkaNode",
+    "LogRecord",
+    "NodeStatus",
+    "client_config",
+    "monotonic_ms",
+    "read_cluster_state",
+    "read_topic",
+]
+
+log = logging.getLogger(__name__)
+_rdlog = logging.getLogger("celery_kafka_beat.runtime.librdkafka")
+
+DispatchCallback = Callable[[Dispatch], None]
+
+# Why 100 ms: the longest the loop blocks in poll; bounds how late a stop request or a timer is noticed when no
+# record arrives (the core's next_wakeup usually asks for less).
+_MAX_WAIT_MS: Final = 100
+# Why 1 s: the pause before retrying after the cluster did not answer or the loop hit an unexpected error; short
+# next to the lease, long enough not to spin.
+_RETRY_S: Final = 1.0
+# Why 10 s: one log line per distinct client error per this interval while a broker is down.
+_ERROR_LOG_INTERVAL_S: Final = 10.0
+# Why 30 s: how long reading the topic at start-up may take before the node says so (it keeps trying).
+_READ_TIMEOUT_S: Final = 30.0
+# Why 5 s: the longest stop() waits for the producer to deliver the last records (goodbye, acks).
+_FLUSH_S: Final = 5.0
+
+_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_OFFSET_RESET_CODES: Final = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+
+
+def monotonic_ms() -> int:
+    """The default clock: this process's monotonic clock in milliseconds."""
+    return time.monotonic_ns() // 1_000_000
+
+
+def client_config(bootstrap_servers: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Settings shared by the producer, the consumer and the admin client; ``extra`` (security settings and the
+    like) is merged last. Nothing here ever logs a value of ``extra``."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        # Why 1 s: librdkafka's default (10 s) would keep a node cut off long after a broker came back.
+        "reconnect.backoff.ms": 50,
+        "reconnect.backoff.max.ms": 1000,
+        # Small records, latency matters (a decision is read back before it is acted on): no Nagle delay.
+        "socket.nagle.disable": True,
+        "logger": _rdlog,
+    }
+    conf.update(extra or {})
+    return conf
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """A consistent view of a node, taken under its lock."""
+
+    node: str
+    session: str | None
+    live: bool
+    owned: frozenset[str]
+    offset: int
+    """The last offset folded into the node's state (-1 before the first)."""
+    running: bool
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    offset: int
+    timestamp: int
+    record: wire.Record | None
+
+
+class _Rebootstrap(Exception):
+    """The topic changed under the consumer (records deleted past its position): read it again from the start."""
+
+
+class _Stopped(Exception):
+    """A stop was requested while the node was still reading the topic."""
+
+
+class _WireLog:
+    """Logs each distinct reason for an undecodable record once."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def decode(self, offset: int, value: bytes | None) -> wire.Record | None:
+        try:
+            return wire.decode(value)
+        except wire.WireError as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:200]
+            if reason not in self._seen and len(self._seen) < 1000:
+                self._seen.add(reason)
+                log.warning(
+                    "skipping undecodable record at offset %d (%s); further ones like it are not logged", offset, reason
+                )
+            return None
+
+
+class _ErrorLog:
+    """Rate-limits client error logging per error code."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, int], float] = {}
+
+    def __call__(self, what: str, err: KafkaError) -> None:
+        key = (what, err.code())
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= _ERROR_LOG_INTERVAL_S:
+            self._last[key] = now
+            log.warning("%s error: %s", what, err)
+
+
+def _offset(msg: Message) -> int:
+    offset = msg.offset()
+    if offset is None or offset < 0:
+        raise KafkaException(KafkaError(KafkaError._BAD_MSG, f"consumed a record without an offset ({offset})"))
+    return offset
+
+
+def _timestamp(msg: Message, topic: str) -> int:
+    ts_type, ts = msg.timestamp()
+    if ts_type != TIMESTAMP_LOG_APPEND_TIME:
+        raise TopicConfigError(
+            f"record at offset {msg.offset()} of sync topic {topic!r} has a producer timestamp (type {ts_type}), "
+            "not a broker one: the topic's message.timestamp.type must be LogAppendTime (kafka-configs.sh "
+            f"--bootstrap-server <servers> --alter --entity-type topics --entity-name {topic} "
+            "--add-config message.timestamp.type=LogAppendTime)"
+        )
+    return int(ts)
+
+
+def _consumer_config(base: Mapping[str, Any], group: str) -> dict[str, Any]:
+    conf = dict(base)
+    conf.update(
+        {
+            "group.id": group,  # required by librdkafka; nothing joins a group (the partition is assigned)
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # A deletion of records past our position must not be skipped over silently: it restarts the reading.
+            "auto.offset.reset": "error",
+            "fetch.wait.max.ms": 10,
+            "fetch.min.bytes": 1,
+            "enable.partition.eof": False,
+        }
+    )
+    return conf
+
+
+def _producer_config(base: Mapping[str, Any]) -> dict[str, Any]:
+    conf = dict(base)
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 1,
+            "compression.type": "lz4",
+            "message.timeout.ms": 30000,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+        }
+    )
+    return conf
+
+
+def _scan(
+    consumer: Consumer,
+    topic: str,
+    feed: Callable[[int, int, bytes | None], None],
+    *,
+    begin: Callable[[int, int], None] = lambda low, high: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    timeout: float | None = None,
+    errors: _ErrorLog | None = None,
+) -> tuple[int, int]:
+    """Assign ``consumer`` to the topic's low watermark and feed every record up to the high watermark taken at
+    the start, calling ``begin(low, high)`` first. Returns ``(low, high)``; the consumer is left positioned at
+    ``high``."""
+    errors = errors or _ErrorLog()
+    tp = TopicPartition(topic, 0)
+    low, high = consumer.get_watermark_offsets(tp, timeout=10.0, cached=False)
+    begin(low, high)
+    consumer.assign([TopicPartition(topic, 0, low if high > low else high)])
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_offset = low
+    while next_offset < high:
+        if should_stop():
+            raise _Stopped
+        if deadline is not None and time.monotonic() > deadline:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"reading {topic!r} up to offset {high}"))
+        msg = consumer.poll(0.2)
+        if msg is None:
+            # Offsets without a record (transaction markers of a foreign producer) still move the position.
+            position = consumer.position([tp])[0].offset
+            if position >= high:
+                break
+            continue
+        err = msg.error()
+        if err is not None:
+            if err.code() in _OFFSET_RESET_CODES:
+                raise _Rebootstrap(f"records were deleted while reading: {err}")
+            errors("consumer", err)
+            continue
+        offset = _offset(msg)
+        next_offset = offset + 1
+        feed(offset, _timestamp(msg, topic), msg.value())
+    return low, high
+
+
+def read_topic(
+    bootstrap_servers: str, topic: str, config: Mapping[str, Any] | None = None, timeout: float = _READ_TIMEOUT_S
+) -> tuple[int, list[LogRecord]]:
+    """Read the whole sync topic as it is now: ``(low watermark, records)`` (undecodable ones as ``None``)."""
+    wirelog = _WireLog()
+    deadline = time.monotonic() + timeout
+    while True:
+        consumer = Consumer(_consumer_config(client_config(bootstrap_servers, config), "ckb-read"))
+        records: list[LogRecord] = []
+
+        def feed(offset: int, timestamp: int, value: bytes | None, records: list[LogRecord] = records) -> None:
+            records.append(LogRecord(offset, timestamp, wirelog.decode(offset, value)))
+
+        try:
+            low, _ = _scan(
+                consumer,
+                topic,
+                feed,
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+            return low, records
+        except _Rebootstrap:
+            if time.monotonic() >= deadline:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{topic!r} kept being truncated")) from None
+        finally:
+            consumer.close()
+
+
+def read_cluster_state(
+    bootstrap_servers: str, topic: str, config: Mapping[str, Any] | None = None, timeout: float = _READ_TIMEOUT_S
+) -> ClusterState:
+    """Rebuild the cluster state from the topic the way a starting node does (latest snapshot plus the rest)."""
+    low, records = read_topic(bootstrap_servers, topic, config, timeout)
+    boot = Bootstrap(low)
+    for r in records:
+        boot.feed(r.offset, r.timestamp, r.record)
+    return boot.finish()
+
+
+class KafkaNode:
+    """One beat replica: runs the protocol against the sync topic in a background thread.
+
+    ``dispatch`` is called from the node's thread for every tick to publish; when it returns the tick counts as
+    published (``core.on_dispatched``), when it raises it is logged and not acknowledged. Keep it short: the node
+    does nothing else meanwhile.
+
+    ``config`` is extra librdkafka configuration (security and the like) merged into all three clients; its values
+    are never logged. ``clock`` returns monotonic milliseconds (tests offset it). The topic is created (or
+    validated) by :func:`~celery_kafka_beat.runtime.topic.ensure_topic` with ``replication_factor`` and
+    ``min_insync_replicas``.
+    """
+
+    def __init__(  # noqa: PLR0917 - the six essentials are positional
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        settings: NodeSettings,
+        entries: Iterable[str],
+        schedule: Schedule,
+        dispatch: DispatchCallback,
+        *,
+        config: Mapping[str, Any] | None = None,
+        new_session_id: Callable[[], str] | None = None,
+        clock: Callable[[], int] = monotonic_ms,
+        replication_factor: int | None = None,
+        min_insync_replicas: int | None = None,
+        create_topic: bool = True,
+    ) -> None:
+        settings.validate()
+        self.settings = settings
+        self.topic = topic
+        self.entries = frozenset(entries)
+        self._schedule = schedule
+        self._dispatch = dispatch
+        self._base = client_config(bootstrap_servers, config)
+        self._new_session_id = new_session_id or (lambda: uuid.uuid4().hex)
+        self._clock = clock
+        self._replication_factor = replication_factor
+        self._min_isr = min_insync_replicas
+        self._create_topic = create_topic
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stop_requested = threading.Event()
+        self._stop_deadline = 0.0
+        self._core: NodeCore | None = None
+        self._error: BaseException | None = None
+        self._errors = _ErrorLog()
+        self._wirelog = _WireLog()
+        self._producer: Producer | None = None
+        self._admin: AdminClient | None = None
+        self._producer_fatal = False
+        self.truncations = 0
+        """How many DeleteRecords calls succeeded (for tests and metrics)."""
+        self.dispatch_failures = 0
+
+    # -- public API ---------------------------------------------------------------------------------------------
+
+    @property
+    def node(self) -> str:
+        return self.settings.node
+
+    def start(self) -> None:
+        """Start the node's thread. Call it in the process that uses the node (never before a ``fork``)."""
+        if self._thread is not None:
+            raise RuntimeError("KafkaNode.start() called twice")
+        self._thread = threading.Thread(target=self._run, name=f"ckb-node-{self.node}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop cleanly: publish what is decided, say goodbye, wait until it is read back (at most ``timeout``
+        seconds), flush the producer. True if the session ended cleanly (or none was live)."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._stop_deadline = time.monotonic() + timeout
+        self._stop_requested.set()
+        thread.join(timeout + _FLUSH_S + 1.0)
+        with self._lock:
+            core = self._core
+            return core is None or core.stopped or not core.live
+
+    @property
+    def status(self) -> NodeStatus:
+        with self._lock:
+            core = self._core
+            thread = self._thread
+            running = thread is not None and thread.is_alive()
+            error = None if self._error is None else f"{type(self._error).__name__}: {self._error}"
+            if core is None:
+                return NodeStatus(self.node, None, False, frozenset(), -1, running, error)
+            session = core.session
+            owned = frozenset(core.state.owned.get(session, ())) if session is not None and core.live else frozenset()
+            return NodeStatus(self.node, session, core.live, owned, core.state.offset, running, error)
+
+    @property
+    def session(self) -> str | None:
+        return self.status.session
+
+    @property
+    def live(self) -> bool:
+        return self.status.live
+
+    @property
+    def owned(self) -> frozenset[str]:
+        return self.status.owned
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the node's thread (a refused topic configuration, say), if any."""
+        return self._error
+
+    def state_json(self) -> str | None:
+        """The node's current cluster state as canonical JSON (None before it has read the topic)."""
+        with self._lock:
+            return None if self._core is None else self._core.state.to_json()
+
+    def wait_live(self, timeout: float) -> bool:
+        """Wait until the node's session is live; False on timeout or if the node's thread ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status
+            if status.live:
+                return True
+            if self._thread is not None and not status.running:
+                return False
+            time.sleep(0.01)
+        return False
+
+    # -- the thread ---------------------------------------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    def _run(self) -> None:
+        try:
+            self._admin = AdminClient(dict(self._base))
+            self._ensure_topic()
+            self._producer = Producer(self._producer_conf())
+            while not self._stopping():
+                try:
+                    self._run_session()
+                except _Rebootstrap as exc:
+                    log.warning("node %s: %s; reading the topic again", self.node, exc)
+                except (TopicConfigError, _Stopped):
+                    raise
+                except Exception:
+                    log.exception("node %s: unexpected error; restarting from the topic", self.node)
+                    self._stop_requested.wait(_RETRY_S)
+        except _Stopped:
+            pass
+        except BaseException as exc:
+            log.exception("node %s stopped by an error", self.node)
+            with self._lock:
+                self._error = exc
+        finally:
+            self._close_producer(flush=True)
+
+    def _ensure_topic(self) -> None:
+        assert self._admin is not None
+        while True:
+            try:
+                ensure_topic(
+                    self._admin,
+                    self.topic,
+                    self._replication_factor,
+                    create=self._create_topic,
+                    min_insync_replicas=self._min_isr,
+                )
+                return
+            except KafkaException as exc:
+                log.warning("node %s: cannot check the sync topic yet (%s); retrying", self.node, exc)
+                if self._stop_requested.wait(_RETRY_S):
+                    raise _Stopped from None
+
+    def _producer_conf(self) -> dict[str, Any]:
+        conf = _producer_config(self._base)
+        conf["error_cb"] = self._on_producer_error
+        return conf
+
+    def _on_producer_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._producer_fatal = True
+            log.error("node %s: fatal producer error: %s", self.node, err)
+        else:
+            self._errors("producer", err)
+
+    def _on_consumer_error(self, err: KafkaError) -> None:
+        self._errors("consumer", err)
+
+    def _close_producer(self, *, flush: bool) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        with contextlib.suppress(Exception):
+            if flush:
+                left = producer.flush(_FLUSH_S)
+                if left:
+                    log.warning("node %s: %d records not delivered at shutdown", self.node, left)
+            else:
+                producer.purge()
+                producer.flush(0)
+
+    def _run_session(self) -> None:
+        """Read the topic, start a session and run it until a stop completes."""
+        conf = _consumer_config(self._base, f"ckb-{self.topic}-{self.node}")
+        conf["error_cb"] = self._on_consumer_error
+        consumer = Consumer(conf)
+        try:
+            boots: list[Bootstrap] = []
+
+            def feed(offset: int, timestamp: int, value: bytes | None) -> None:
+                boots[-1].feed(offset, timestamp, self._wirelog.decode(offset, value))
+
+            try:
+                low, high = _scan(
+                    consumer,
+                    self.topic,
+                    feed,
+                    begin=lambda low, _high: boots.append(Bootstrap(low)),
+                    should_stop=self._stopping,
+                    errors=self._errors,
+                )
+            except KafkaException as exc:
+                if isinstance(exc, TopicConfigError):
+                    raise
+                log.warning("node %s: cannot read the sync topic (%s); retrying", self.node, exc)
+                if self._stop_requested.wait(_RETRY_S):
+                    raise _Stopped from None
+                return
+            try:
+                state = boots[-1].finish()
+            except ValueError as exc:
+                raise TopicConfigError(
+                    f"cannot rebuild the schedule state from sync topic {self.topic!r}: {exc}"
+                ) from exc
+            log.info("node %s: read the sync topic from offset %d to %d", self.node, low, high)
+            core = NodeCore(self.settings, self.entries, self._schedule, self._new_session_id, state)
+            with self._lock:
+                self._core = core
+                self._execute(core, core.start(self._clock()))
+            self._live_loop(core, consumer)
+        finally:
+            with contextlib.suppress(Exception):
+                consumer.close()
+
+    def _live_loop(self, core: NodeCore, consumer: Consumer) -> None:
+        stop_sent = False
+        max_batch = max(1, self.settings.max_batch)
+        while True:
+            now = self._clock()
+            if self._stopping() and not stop_sent:
+                stop_sent = True
+                if not core.live:
+                    return
+                with self._lock:
+                    self._execute(core, core.stop(now))
+            if stop_sent and (core.stopped or time.monotonic() >= self._stop_deadline):
+                return
+            wait_ms = min(max(core.next_wakeup(now) - now, 0), _MAX_WAIT_MS)
+            msg = consumer.poll(wait_ms / 1000)
+            batch = [] if msg is None else [msg, *consumer.consume(max_batch, 0)]
+            with self._lock:
+                for m in batch:
+                    self._on_message(core, m)
+                self._execute(core, core.on_timer(self._clock()))
+            producer = self._producer
+            if producer is not None:
+                producer.poll(0)
+            if self._producer_fatal:
+                self._producer_fatal = False
+                log.error("node %s: recreating the producer; the current session will lapse", self.node)
+                self._close_producer(flush=False)
+                self._producer = Producer(self._producer_conf())
+
+    def _on_message(self, core: NodeCore, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() in _OFFSET_RESET_CODES:
+                raise _Rebootstrap(f"records were deleted past this node's position: {err}")
+            self._errors("consumer", err)
+            return
+        offset = _offset(msg)
+        if offset <= core.state.offset:
+            return  # already folded (a re-fetch after a reconnect)
+        timestamp = _timestamp(msg, self.topic)
+        record = self._wirelog.decode(offset, msg.value())
+        self._execute(core, core.on_record(offset, timestamp, record, self._clock()))
+
+    # -- actions ------------------------------------------------------------------------------------------------
+
+    def _execute(self, core: NodeCore, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Append(record):
+                    self._produce(record)
+                case Dispatch():
+                    try:
+                        self._dispatch(action)
+                    except Exception:
+                        self.dispatch_failures += 1
+                        log.exception(
+                            "node %s: dispatching %s tick %d failed; not acknowledged",
+                            self.node,
+                            action.entry,
+                            action.tick,
+                        )
+                    else:
+                        core.on_dispatched(action.entry, action.tick)
+                case Truncate(before):
+                    self._truncate(before)
+                case Note(level, message):
+                    log.log(_LEVELS.get(level, logging.INFO), "node %s: %s", self.node, message)
+
+    def _produce(self, record: wire.Record) -> None:
+        key, value = wire.encode(record)
+        for _ in range(100):
+            producer = self._producer
+            if producer is None:
+                return
+            try:
+                producer.produce(self.topic, value, key, partition=0, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                producer.poll(0.01)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                log.warning("node %s: cannot append a %s record: %s", self.node, type(record).__name__, exc)
+                return
+        log.warning("node %s: producer queue stayed full; dropped a %s record", self.node, type(record).__name__)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._errors("delivery", err)
+
+    def _truncate(self, before: int) -> None:
+        admin = self._admin
+        if admin is None:
+            return
+        try:
+            futures = admin.delete_records([TopicPartition(self.topic, 0, before)], operation_timeout=10.0)
+        except (KafkaException, ValueError, TypeError) as exc:
+            log.warning("node %s: cannot delete records before offset %d: %s", self.node, before, exc)
+            return
+
+        def done(future: Future[Any]) -> None:
+            exc = future.exception()
+            if exc is not None:
+                log.warning("node %s: deleting records before offset %d failed: %s", self.node, before, exc)
+            else:
+                self.truncations += 1
+                log.info("node %s: deleted the records before offset %d (covered by a snapshot)", self.node, before)
+
+        for future in futures.values():
+            future.add_done_callback(done)
