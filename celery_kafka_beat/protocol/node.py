@@ -246,7 +246,7 @@ class NodeCore:
         self._planned: dict[str, int] = {}
         self._bye_sent = False
         self._snapshot_as_of = -1
-        self._snapshot_log_time = self.state.log_time
+        self._snapshot_log_time: int | None = None  # log time of the latest snapshot (or of the first look)
         self._snapshot_parts: dict[str, set[int]] = {}
         self._snapshotting: _Snapshotting | None = None
         self._snap_count = 0
@@ -633,6 +633,8 @@ class NodeCore:
         oldest = min(sessions.values(), key=lambda s: s.started, default=None)
         if oldest is None or oldest.session != self.session:
             return []
+        if self._snapshot_log_time is None:
+            self._snapshot_log_time = self.state.log_time  # count the interval from now, not from log time 0
         behind = self.state.offset - self._snapshot_as_of
         stale = self.state.log_time - self._snapshot_log_time >= self.settings.snapshot_interval_ms
         if behind < self.settings.snapshot_records and not (stale and behind > 1):

@@ -377,67 +377,6 @@ def _faketime_prefix() -> list[str]:
     return [path, "-f", "+10m"] if path else []
 
 
-def test_skewed_clock_and_paused_node(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, procs: list[NodeProc]
-) -> None:
-    lease_ms = 1000
-    periods = {f"p{i}": 200 for i in range(9)}
-    faketime = _faketime_prefix()
-    skew_ms = 600_000
-    skewed = make_node(
-        tmp_path,
-        "skewed",
-        kafka_bootstrap,
-        topic_name,
-        periods,
-        lease_ms=lease_ms,
-        heartbeat_ms=200,
-        prefix=faketime,
-        # Without faketime, the node's monotonic clock is offset instead (its wall clock stays right).
-        extra_args=[] if faketime else ["--clock-offset-ms", str(skew_ms)],
-    )
-    normal = make_node(tmp_path, "normal", kafka_bootstrap, topic_name, periods, lease_ms=lease_ms, heartbeat_ms=200)
-    sleeper = make_node(tmp_path, "sleeper", kafka_bootstrap, topic_name, periods, lease_ms=lease_ms, heartbeat_ms=200)
-    nodes = [skewed, normal, sleeper]
-    procs.extend(nodes)
-    start_all(nodes)
-    wait_for(lambda: procs_settled(nodes, periods), 20, "every entry owned once")
-    wait_for(sleeper.owned, 20, "the sleeper owning entries")
-    wait_for(lambda: first_dispatch_after([sleeper], next(iter(sleeper.owned() or {"-"})), 0), 10, "sleeper active")
-    status = sleeper.status()
-    assert status is not None
-    old_session = status["session"]
-    sleeper.pause()
-    paused_ms = now_ms()
-    time.sleep(2 * lease_ms / 1000)  # the pause itself (part of the scenario)
-    sleeper.resume()
-    resumed_ms = now_ms()
-    wait_for(
-        lambda: (s := sleeper.status()) is not None and s["session"] != old_session and s["live"],
-        10,
-        "the sleeper starting a new session",
-    )
-    wait_for(lambda: procs_settled(nodes, periods), 20, "ownership settles after the pause")
-    time.sleep(1.0)  # let the new assignment dispatch (observation)
-    for n in nodes:
-        assert n.terminate() == 0
-    dispatches = all_dispatches(nodes)
-    assert not duplicates(dispatches)
-    assert_valid_decisions(kafka_bootstrap, topic_name, dispatches)
-    stale = [d for d in sleeper.dispatches() if d["session"] == old_session and d["wall_ms"] >= resumed_ms]
-    assert not stale, f"the paused node dispatched under its expired session: {stale[:3]}"
-    # The skewed node dispatches on the broker's time, not its own wall clock.
-    offset = skew_ms if faketime else 0
-    late = [d["wall_ms"] - offset - d["tick"] for d in skewed.dispatches()]
-    assert late, "the skewed node dispatched nothing"
-    print(
-        f"\n(e) {'faketime +10m' if faketime else 'clock offset'} node: {len(late)} dispatches, lateness vs real "
-        f"time {min(late)}..{max(late)} ms; sleeper paused {resumed_ms - paused_ms} ms, no stale dispatch"
-    )
-    assert min(late) >= -100
-    assert sorted(late)[len(late) // 2] < 300
-
-
 # -- (f) restart of the whole cluster ----------------------------------------------------------------------------
 
 
