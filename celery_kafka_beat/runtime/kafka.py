@@ -377,6 +377,8 @@ class KafkaNode:
             return True
         self._stop_deadline = time.monotonic() + timeout
         self._stop_requested.set()
+        if thread is threading.current_thread():
+            return False  # called from the dispatch callback: the loop ends once the callback returns
         thread.join(timeout + _FLUSH_S + 1.0)
         with self._lock:
             core = self._core
@@ -524,8 +526,6 @@ class KafkaNode:
                     errors=self._errors,
                 )
             except KafkaException as exc:
-                if isinstance(exc, TopicConfigError):
-                    raise
                 log.warning("node %s: cannot read the sync topic (%s); retrying", self.node, exc)
                 if self._stop_requested.wait(_RETRY_S):
                     raise _Stopped from None

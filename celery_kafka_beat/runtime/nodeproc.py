@@ -81,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--catchup", choices=[c.value for c in CatchUp], default=CatchUp.ONCE.value)
     p.add_argument("--snapshot-records", type=int, default=None)
     p.add_argument("--status-file", type=Path, default=None, help="JSON status, rewritten atomically")
-    p.add_argument("--clock-offset-ms", type=int, default=0, help="added to the node's monotonic clock (tests)")
+    p.add_argument(
+        "--clock-offset-ms",
+        type=int,
+        default=0,
+        help="simulate clocks that are off: added to the node's monotonic clock and to the wall clock it reports",
+    )
     p.add_argument("--stop-timeout", type=float, default=10.0, help="seconds a clean stop may take")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -122,9 +127,10 @@ def _write_status(path: Path, status: NodeStatus) -> None:
 class _Recorder:
     """The dispatch callback: one flushed JSON line per tick."""
 
-    def __init__(self, out: IO[str], node: str) -> None:
+    def __init__(self, out: IO[str], node: str, clock_offset_ms: int = 0) -> None:
         self._out = out
         self._node = node
+        self._offset = clock_offset_ms
 
     def __call__(self, d: Dispatch) -> None:
         line = {
@@ -134,7 +140,7 @@ class _Recorder:
             "session": d.session,
             "epoch": d.epoch,
             "resend": d.resend,
-            "wall_ms": int(time.time() * 1000),
+            "wall_ms": int(time.time() * 1000) + self._offset,
         }
         self._out.write(json.dumps(line) + "\n")
         self._out.flush()
@@ -163,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _settings(args),
             args.entries,
             IntervalSchedule(args.entries),
-            _Recorder(out, args.node),
+            _Recorder(out, args.node, offset),
             clock=(lambda: monotonic_ms() + offset) if offset else monotonic_ms,
         )
         node.start()
