@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.protocol import NodeSettings
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime.kafka import KafkaNode, read_cluster_state
-from celery_kafka_beat.runtime.nodeproc import IntervalSchedule
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from celery_kafka_beat.protocol.node import (
     Note,
     Truncate,
 )
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.protocol.state import ClusterState
 
 #: A decision's broker-time estimate may run ahead of the broker by the smallest append latency; allow it.
@@ -49,21 +50,6 @@ _TOLERANCE_MS: Final = 50
 
 class InvariantViolation(AssertionError):
     """An invariant failed; the message names the seed that replays it."""
-
-
-@dataclass(frozen=True)
-class IntervalSchedule:
-    """Ticks every ``periods[entry]`` ms after the previous one (or after the entry's anchor)."""
-
-    periods: dict[str, int]
-
-    def next_tick(self, entry: str, prev: int, after: int) -> int | None:
-        period = self.periods.get(entry)
-        if period is None:
-            return None
-        if after < prev:
-            return prev + period
-        return prev + ((after - prev) // period + 1) * period
 
 
 @dataclass

@@ -19,36 +19,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
 from celery_kafka_beat.protocol import CatchUp, DeliveryMode, Dispatch, NodeSettings
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime.kafka import KafkaNode, NodeStatus, monotonic_ms
 
-__all__ = ["IntervalSchedule", "main", "parse_entries"]
+__all__ = ["main", "parse_entries"]
 
 # Why 50 ms: how often the main thread refreshes the status file and notices READY; cheap, and fine-grained
 # enough for tests that wait on ownership changes.
 _STATUS_INTERVAL_S = 0.05
-
-
-class IntervalSchedule:
-    """Fixed periods in ms, anchored at the series' previous tick: ticks are ``prev + k * period``."""
-
-    def __init__(self, periods: Mapping[str, int]) -> None:
-        for name, period in periods.items():
-            if period <= 0:
-                raise ValueError(f"period of {name!r} must be positive, got {period}")
-        self.periods = dict(periods)
-
-    def next_tick(self, entry: str, prev: int, after: int) -> int | None:
-        period = self.periods.get(entry)
-        if period is None:
-            return None
-        k = max(1, (after - prev) // period + 1)
-        return prev + k * period
 
 
 def parse_entries(text: str) -> dict[str, int]:

@@ -24,8 +24,8 @@ from confluent_kafka.admin import AdminClient
 from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.protocol import Dispatch, NodeSettings
 from celery_kafka_beat.protocol.assignment import Rendezvous
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime import KafkaNode, read_cluster_state
-from celery_kafka_beat.runtime.nodeproc import IntervalSchedule
 
 from .runtime_support import (
     NodeProc,
