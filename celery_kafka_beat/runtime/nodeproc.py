@@ -140,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # A repeated SIGTERM must not kill a process that is already stopping: CPython restores the default
+        # handlers while it shuts down, so a second signal then would turn a clean exit into death by signal.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
