@@ -342,6 +342,7 @@ class Simulation:
             return  # resumed by the fault's end event
         if node.read_pos < self.log_start:
             self._log(f"{node.name} fell behind the cleaner; restarting from the snapshot")
+            self._execute(node, node.core.abandon(self._local(node)))
             self._start(node)
             return
         local = self._local(node)

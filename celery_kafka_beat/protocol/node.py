@@ -290,6 +290,17 @@ class NodeCore:
         )
         return actions
 
+    def abandon(self, now: int) -> list[Action]:
+        """The shell gives this core up (records it had not read were deleted, say): end its session in the log
+        at once, so that others need not wait for its lease, and stop. The shell then starts a fresh core."""
+        actions: list[Action] = []
+        if self.session is not None and self.state.is_live(self.session):
+            actions.append(Append(wire.Goodbye(session=self.session, seq=self._next_seq())))
+        self.live = False
+        self.stopped = True
+        self._to_publish.clear()
+        return actions
+
     def stop(self, now: int) -> list[Action]:
         """Begin a clean shutdown: no new decisions; publish what is decided, then say goodbye."""
         self.stopping = True
@@ -614,13 +625,18 @@ class NodeCore:
         if len(parts) < record.parts:
             return []
         del self._snapshot_parts[record.snap_id]
+        previous = self._snapshot_as_of
         if record.as_of > self._snapshot_as_of:
             self._snapshot_as_of = record.as_of
             self._snapshot_log_time = self.state.log_time
         mine = self._snapshotting
         if mine is not None and mine.snap_id == record.snap_id:
             self._snapshotting = None
-            return [Truncate(record.as_of + 1)]
+            # Keep one snapshot interval of slack: delete only what the *previous* snapshot covers, so that a
+            # running node has to lag a whole interval behind before records vanish under it (it would then
+            # have to rebuild from the topic and start a new session).
+            if 0 <= previous < record.as_of:
+                return [Truncate(previous + 1)]
         return []
 
     def _snapshot(self, now: int) -> list[Action]:

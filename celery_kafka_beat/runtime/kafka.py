@@ -541,7 +541,12 @@ class KafkaNode:
             with self._lock:
                 self._core = core
                 self._execute(core, core.start(self._clock()))
-            self._live_loop(core, consumer)
+            try:
+                self._live_loop(core, consumer)
+            except _Rebootstrap:
+                with self._lock:
+                    self._execute(core, core.abandon(self._clock()))  # a goodbye frees its entries at once
+                raise
         finally:
             with contextlib.suppress(Exception):
                 consumer.close()
