@@ -4,7 +4,8 @@ Everything here runs in simulated time from one seeded random generator, so a sc
 seed: ``python -m celery_kafka_beat.simulation --seed N -v``. The nodes are real :class:`NodeCore` instances; the
 log, the broker clock, the network and the cleaner are simulated. After every step the checker verifies:
 
-* every dispatched tick was validly decided in the log by the dispatching session under the same epoch;
+* every dispatched tick was validly decided in the log by the dispatching session under the same epoch, and is
+  not dispatched before it is due in broker time;
 * no tick is dispatched twice (in at-least-once mode only resends of another node's decided tick may repeat it);
 * at the moment of a dispatch no other session holds a later valid claim on the entry (the zombie case), unless
   a forward broker clock jump made the log expire the dispatcher early (liveness, not safety, is lost then);
@@ -24,6 +25,7 @@ import itertools
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -76,6 +78,7 @@ class _SimNode:
     generation: int = 0
     stop_deadline: int | None = None
     timer_at: int | None = None
+    read_times: deque[int] = field(default_factory=lambda: deque(maxlen=32))
     stalled_until: int = 0
     slow_until: int = 0
     lossy_until: int = 0
@@ -292,6 +295,12 @@ class Simulation:
         self.report.resends += action.resend
         earlier = self.dispatched.setdefault(key, [])
         earlier.append((action.session, action.resend, self.now))
+        # Node clocks run up to 0.5 % fast here, so the estimate may run ahead by that much since the oldest record
+        # it is built from (real clocks drift by parts per million).
+        oldest = node.read_times[0] if node.read_times else 0
+        early_tolerance = 2 + int(0.006 * (self.now - oldest))
+        if not self.any_jump and self.now + self.broker_offset + early_tolerance < action.tick:
+            self._fail(f"{node.name} dispatched {key} {action.tick - self.now - self.broker_offset} ms early")
         decision = self.decisions.get(key)
         if decision is None:
             self._fail(f"{node.name} dispatched {key} which no valid decision in the log covers")
@@ -350,6 +359,7 @@ class Simulation:
         while node.read_pos < len(self.log) and self.log[node.read_pos].appended_at + node.read_delay <= self.now:
             rec = self.log[node.read_pos]
             node.read_pos += 1
+            node.read_times.append(self.now)
             actions += node.core.on_record(rec.offset, rec.ts, rec.record, local)
         caught_up = node.read_pos == len(self.log) and self.rng.random() < 0.05
         if caught_up and node.core.state.to_json() != self.oracle.to_json():

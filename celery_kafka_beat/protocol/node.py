@@ -5,10 +5,11 @@ The shell (the Kafka runtime, or the simulator) feeds it every record of the syn
 records arrived, and carries out the actions it returns: append a record, dispatch a tick, truncate the topic.
 Every call takes ``now``, the node's own monotonic clock in milliseconds; nothing here reads a clock.
 
-Time: a node judges when ticks are due by the **broker's** clock, estimated from its own records read back
-(broker timestamp minus local send time, the smallest recent value), so replicas whose wall clocks disagree still
-dispatch on time and in agreement. Its own lease it measures on its own monotonic clock from when it *sent* the
-record that renewed it, minus a margin, so it gives up before anyone else may take over.
+Time: a node judges when ticks are due by the **broker's** clock, estimated from the records it reads (broker
+timestamp minus local read time, the largest recent value). That is a lower bound: ticks are never dispatched
+early, at most late by the read latency, and replicas whose wall clocks disagree still dispatch on time. Its own
+lease it measures on its own monotonic clock from when it *sent* the record that renewed it, minus a margin, so it
+gives up before anyone else may take over.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from celery_kafka_beat import wire
 from celery_kafka_beat.protocol.assignment import Rendezvous
 from celery_kafka_beat.protocol.state import ClusterState, catalog_digest
 
-#: How many recent own records the broker-clock estimate looks back over: long enough to contain a fast round
-#: trip, short enough to follow a broker clock step within seconds.
+#: How many recent records the broker-clock estimate looks back over: enough to contain one read soon after its
+#: append (a tight bound), few enough to follow a broker clock step within seconds.
 _OFFSET_SAMPLES: Final = 32
 
 
@@ -254,15 +255,15 @@ class NodeCore:
     # -- clocks -------------------------------------------------------------------------------------------------
 
     def broker_now(self, now: int) -> int | None:
-        """The broker's clock estimated from own records read back; None before the first one."""
+        """A lower bound of the broker's clock from the records read; None before the first one."""
         if not self._offsets:
             return None
-        return now + min(self._offsets)
+        return now + max(self._offsets)
 
     def to_local(self, broker_ms: int) -> int | None:
         if not self._offsets:
             return None
-        return broker_ms - min(self._offsets)
+        return broker_ms - max(self._offsets)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -310,6 +311,8 @@ class NodeCore:
 
     def on_record(self, offset: int, timestamp: int, record: wire.Record | None, now: int) -> list[Action]:
         """Fold one record of the sync topic; act on it if it is one of this node's own."""
+        # The record was appended before it was read: the broker's clock now is at least its timestamp.
+        self._offsets.append(timestamp - now)
         outcome = self.state.apply(offset, timestamp, record)
         actions: list[Action] = []
         if isinstance(record, wire.SnapshotPart):
@@ -323,7 +326,6 @@ class NodeCore:
             return actions  # a record of this session already handled (or a duplicate)
         session_live = self.state.is_live(self.session)
         if session_live and outcome.valid:
-            self._offsets.append(timestamp - sent.at)
             self.lease_deadline = max(self.lease_deadline, sent.at + self.settings.lease_ms - self.settings.margin_ms)
         match record:
             case wire.Hello():
@@ -463,7 +465,6 @@ class NodeCore:
         self._agenda.clear()
         self._planned.clear()
         self._snapshotting = None
-        self._offsets.clear()
         self.lease_deadline = 0
         if self.stopping:
             self.stopped = True
