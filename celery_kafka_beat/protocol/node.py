@@ -240,6 +240,7 @@ class NodeCore:
         self._claiming: dict[str, int] = {}
         self._releasing: dict[str, int] = {}
         self._deciding: dict[str, int] = {}
+        self._released: set[tuple[str, int]] = set()  # (entry, epoch) claims this session gave up
         self._to_publish: list[tuple[int, str, int]] = []  # heap of (tick, entry, epoch)
         self._unacked: list[tuple[str, int]] = []
         self._resent: set[tuple[str, int]] = set()
@@ -274,6 +275,7 @@ class NodeCore:
         self._seq = 0
         self._sent.clear()
         self._bye_sent = False
+        self._released.clear()
         actions: list[Action] = [Note("info", f"session {self.session} starting")]
         if self.catalog not in self.state.catalogs:
             actions += self._catalog_parts(now)
@@ -491,6 +493,12 @@ class NodeCore:
         actions: list[Action] = []
         while self._to_publish and self._to_publish[0][0] <= broker_now:
             tick, entry, epoch = heapq.heappop(self._to_publish)
+            if (entry, epoch) in self._released or self.state.owner_of(entry) != (self.session, epoch):
+                # The claim this tick was decided under has been given up (a release sent while the decision was
+                # slow to read back): publishing now could overlap the next owner. At-least-once mode re-sends it
+                # from the next owner, who sees it unpublished.
+                actions.append(Note("warning", f"tick {tick} of {entry} not published: its claim was given up"))
+                continue
             actions.append(Dispatch(entry, tick, self.session, epoch))
         return actions
 
@@ -554,6 +562,7 @@ class NodeCore:
         if not items:
             return []
         self._releasing.update((name, now) for name, _ in items)
+        self._released.update(items)
         return [self._append(wire.Release(session=self.session, seq=self._next_seq(), items=tuple(items)), now)]
 
     def _resend(self, broker_now: int) -> list[Action]:
