@@ -468,6 +468,10 @@ class Simulation:
         if node.status == "paused":
             node.status = "up"
             self._covered()
+            if self.rng.random() < 0.5:
+                # A resumed process carries on wherever it stopped: often its timer fires before it reads what
+                # the others wrote meanwhile. Only its own lease clock stops it from acting on a stale view then.
+                self._on_timer(node)
         self._on_read(node)
 
     # -- running ----------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ from celery_kafka_beat.protocol.state import ClusterState, catalog_digest
 #: append (a tight bound), few enough to follow a broker clock step within seconds.
 _OFFSET_SAMPLES: Final = 32
 
+#: A local time before any other (monotonic clocks need not start at zero, and the simulator's do not).
+_NEVER: Final = -(2**62)
+
 
 class DeliveryMode(StrEnum):
     """What happens to a tick whose owner decided it but died before publishing it."""
@@ -228,7 +231,7 @@ class NodeCore:
         self.live = False
         self.stopping = False
         self.stopped = False
-        self.lease_deadline = 0
+        self.lease_deadline = _NEVER  # local clocks may be negative: no valid lease until renewed
         self._seq = 0
         self._sent: dict[int, _Sent] = {}
         self._last_sent_at = -(10**12)
@@ -467,7 +470,7 @@ class NodeCore:
         self._agenda.clear()
         self._planned.clear()
         self._snapshotting = None
-        self.lease_deadline = 0
+        self.lease_deadline = _NEVER  # local clocks may be negative: no valid lease until renewed
         if self.stopping:
             self.stopped = True
             return actions
