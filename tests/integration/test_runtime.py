@@ -507,13 +507,17 @@ def test_full_restart_catchup_once(
 # -- (g) start-up from a truncated topic -------------------------------------------------------------------------
 
 
-def _low_watermark(bootstrap: str, topic: str) -> int:
+def _watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ckb-test-watermark"})
     try:
-        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
-        return int(low)
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+        return int(low), int(high)
     finally:
         consumer.close()
+
+
+def _low_watermark(bootstrap: str, topic: str) -> int:
+    return _watermarks(bootstrap, topic)[0]
 
 
 def test_start_from_truncated_topic(kafka_bootstrap: str, topic_name: str) -> None:
@@ -607,10 +611,10 @@ def test_lagging_node_rereads_truncated_topic(
     assert status is not None
     position = status["offset"]
     sleeper.pause()
+    # Its consumer may have fetched up to the end of the log already: wait until deletion passes that too.
+    fetched = _watermarks(kafka_bootstrap, topic_name)[1]
     try:
-        wait_for(
-            lambda: _low_watermark(kafka_bootstrap, topic_name) > position + 1, 20, "deletion past the paused node"
-        )
+        wait_for(lambda: _low_watermark(kafka_bootstrap, topic_name) > fetched + 1, 30, "deletion past the paused node")
     finally:
         sleeper.resume()
     wait_for(lambda: "reading the topic again" in sleeper.log.read_text(), 10, "the paused node re-reading the topic")
