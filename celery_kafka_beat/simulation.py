@@ -431,7 +431,7 @@ class Simulation:
             node = self.rng.choice(up)
             name = f"x{len(self._all_entries)}"
             self._all_entries[name] = self.rng.choice([200, 500, 1000])
-            keep = [e for e in node.entries if self.rng.random() < 0.8]
+            keep = [e for e in sorted(node.entries) if self.rng.random() < 0.8]
             node.entries = frozenset([*keep, name])
             node.status, node.generation = "down", node.generation + 1
             self._covered()
@@ -576,6 +576,21 @@ class Simulation:
         before = [c for t, c in self.coverage if t <= start]
         during = [c for t, c in self.coverage if start < t <= end]
         return all(entry in c for c in [before[-1], *during])
+
+
+def run_range(first: int, count: int, events: int) -> tuple[int, int, dict[str, int]]:
+    """Run seeds ``first .. first + count - 1``; return (scenarios, events, faults injected by kind).
+
+    Raises :class:`InvariantViolation` on the first broken invariant. Top-level so that process pools can run it.
+    """
+    handled = 0
+    faults: dict[str, int] = {}
+    for seed in range(first, first + count):
+        report = run_seed(seed, events)
+        handled += report.events
+        for kind, n in report.faults.items():
+            faults[kind] = faults.get(kind, 0) + n
+    return count, handled, faults
 
 
 def run_seed(seed: int, events: int = 1000, verbose: bool = False) -> Report:

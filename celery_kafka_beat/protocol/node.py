@@ -554,7 +554,7 @@ class NodeCore:
         owned = self.state.owned.get(self.session, set())
         pending = {entry for _, entry, _ in self._to_publish}
         items = []
-        for name in owned:
+        for name in sorted(owned):  # sorted: the same actions whatever the hash seed
             if name in self._desired or name in self._releasing or name in self._deciding or name in pending:
                 continue
             owner = self.state.owner_of(name)
@@ -572,7 +572,7 @@ class NodeCore:
         if self.settings.delivery is not DeliveryMode.AT_LEAST_ONCE or self.session is None:
             return []
         actions: list[Action] = []
-        for name in self.state.owned.get(self.session, ()):
+        for name in sorted(self.state.owned.get(self.session, ())):
             entry = self.state.entries[name]
             if entry.last_tick is None or entry.published or entry.last_session == self.session:
                 continue

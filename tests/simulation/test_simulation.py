@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -9,28 +10,19 @@ import pytest
 
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol import node as node_module
-from celery_kafka_beat.simulation import InvariantViolation, Simulation, make_scenario, run_seed
+from celery_kafka_beat.simulation import InvariantViolation, Simulation, make_scenario, run_range, run_seed
 
 SEEDS = int(os.environ.get("CKB_SIM_SEEDS", "1000"))
 EVENTS = int(os.environ.get("CKB_SIM_EVENTS", "1000"))
 CHUNK = 50
 
 
-def _run_chunk(first: int) -> tuple[int, int, dict[str, int]]:
-    """Run seeds [first, first + CHUNK); return (scenarios, events, fault counts). Raises on a violation."""
-    events, faults = 0, {}
-    for seed in range(first, min(first + CHUNK, SEEDS)):
-        report = run_seed(seed, EVENTS)
-        events += report.events
-        for kind, n in report.faults.items():
-            faults[kind] = faults.get(kind, 0) + n
-    return min(CHUNK, SEEDS - first), events, faults
-
-
 def test_default_scenarios_violate_no_invariant() -> None:
     """Given 1,000 seeded scenarios of 1,000 events with every kind of fault, then no invariant breaks."""
-    with ProcessPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(_run_chunk, range(0, SEEDS, CHUNK)))
+    # spawn, not fork: this pytest process may hold librdkafka clients, which do not survive fork().
+    firsts = list(range(0, SEEDS, CHUNK))
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(run_range, firsts, [min(CHUNK, SEEDS - f) for f in firsts], [EVENTS] * len(firsts)))
     scenarios = sum(r[0] for r in results)
     events = sum(r[1] for r in results)
     faults: dict[str, int] = {}
