@@ -189,6 +189,20 @@ def busiest(owners: Mapping[str, list[str]], nodes: Iterable[NodeProc]) -> tuple
     return victim, sorted(e for e, o in owners.items() if o == [victim.name])
 
 
+def three_nodes_and_victim(
+    nodes: list[NodeProc], procs: list[NodeProc], periods: Mapping[str, int]
+) -> tuple[NodeProc, list[str], list[NodeProc]]:
+    """Start the nodes, wait for a settled assignment and return the busiest node (once it dispatches), the
+    entries it owns and the other nodes."""
+    procs.extend(nodes)
+    start_all(nodes)
+    owners = wait_for(lambda: procs_settled(nodes, periods), 20, "every entry owned once")
+    victim, lost = busiest(owners, nodes)
+    others = [n for n in nodes if n is not victim]
+    wait_for(lambda: all(first_dispatch_after([victim], e, 0) for e in lost), 10, "the victim dispatching")
+    return victim, lost, others
+
+
 def first_dispatch_after(nodes: Iterable[NodeProc], entry: str, after_ms: float) -> dict[str, Any] | None:
     found = [d for n in nodes for d in n.dispatches() if d["entry"] == entry and d["wall_ms"] > after_ms]
     return min(found, key=lambda d: d["wall_ms"]) if found else None
@@ -269,12 +283,7 @@ def test_sigkill_failover(
         make_node(tmp_path, n, kafka_bootstrap, topic_name, periods, lease_ms=lease_ms, heartbeat_ms=heartbeat_ms)
         for n in ("a", "b", "c")
     ]
-    procs.extend(nodes)
-    start_all(nodes)
-    owners = wait_for(lambda: procs_settled(nodes, periods), 20, "every entry owned once")
-    victim, lost = busiest(owners, nodes)
-    others = [n for n in nodes if n is not victim]
-    wait_for(lambda: all(first_dispatch_after([victim], e, 0) for e in lost), 10, "the victim dispatching")
+    victim, lost, others = three_nodes_and_victim(nodes, procs, periods)
     kill_ms = now_ms()
     victim.kill()
     firsts = {
@@ -298,12 +307,7 @@ def test_sigkill_failover(
 def test_sigterm_handover(kafka_bootstrap: str, topic_name: str, tmp_path: Path, procs: list[NodeProc]) -> None:
     periods = {f"h{i}": 200 for i in range(6)}
     nodes = [make_node(tmp_path, n, kafka_bootstrap, topic_name, periods) for n in ("a", "b", "c")]
-    procs.extend(nodes)
-    start_all(nodes)
-    owners = wait_for(lambda: procs_settled(nodes, periods), 20, "every entry owned once")
-    victim, lost = busiest(owners, nodes)
-    others = [n for n in nodes if n is not victim]
-    wait_for(lambda: all(first_dispatch_after([victim], e, 0) for e in lost), 10, "the victim dispatching")
+    victim, lost, others = three_nodes_and_victim(nodes, procs, periods)
     status = victim.status()
     assert status is not None
     session = status["session"]
