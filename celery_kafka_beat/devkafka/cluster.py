@@ -509,8 +509,8 @@ class KafkaCluster:
                         [f"-Xmx{self.heap}"],
                         "kafka.tools.StorageTool",
                         "format",
-                        "-t",
-                        self.cluster_id,
+                        # One argument: an id may start with "-" (base64url), which argparse takes for an option.
+                        f"--cluster-id={self.cluster_id}",
                         "-c",
                         str(node.props_path),
                     ),
