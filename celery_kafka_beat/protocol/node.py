@@ -246,6 +246,9 @@ class NodeCore:
         self._released: set[tuple[str, int]] = set()  # (entry, epoch) claims this session gave up
         self._to_publish: list[tuple[int, str, int]] = []  # heap of (tick, entry, epoch)
         self._unacked: list[tuple[str, int]] = []
+        # Ticks handed to the shell (Dispatch) whose publish it has not yet reported (on_dispatched or
+        # on_dispatch_failed): a clean stop waits for them before its goodbye.
+        self._outstanding: set[tuple[str, int]] = set()
         self._resent: set[tuple[str, int]] = set()
         self._agenda: list[tuple[int, str]] = []  # heap of (broker ms to plan at, entry)
         self._planned: dict[str, int] = {}
@@ -389,7 +392,7 @@ class NodeCore:
         actions += self._publish_due(broker_now)
         if self.stopping:
             actions += self._flush_acks(now)
-            if not self._to_publish and not self._deciding and not self._bye_sent:
+            if not self._to_publish and not self._deciding and not self._outstanding and not self._bye_sent:
                 self._bye_sent = True
                 actions.append(self._append(wire.Goodbye(session=self.session, seq=self._next_seq()), now))
             return actions
@@ -422,8 +425,33 @@ class NodeCore:
 
     def on_dispatched(self, entry: str, tick: int) -> None:
         """The shell published the tick's task; remember to say so in the log (at-least-once mode)."""
-        if self.settings.delivery is DeliveryMode.AT_LEAST_ONCE:
+        self._outstanding.discard((entry, tick))
+        if self.settings.delivery is DeliveryMode.AT_LEAST_ONCE and self.live:
             self._unacked.append((entry, tick))
+
+    def on_dispatch_failed(self, entry: str, tick: int) -> None:
+        """The shell could not (or chose not to) publish the tick: it stays unacknowledged, so in at-least-once
+        mode the next owner publishes it again."""
+        self._outstanding.discard((entry, tick))
+
+    def flush_acks(self, now: int) -> list[Action]:
+        """Say at once which ticks were published (rather than at the next timer): shortens the window in which
+        a crash makes the next owner publish a tick again."""
+        if not self.live:
+            return []
+        return self._flush_acks(now)
+
+    def can_publish(self, session: str, entry: str, epoch: int, now: int) -> bool:
+        """Whether a tick handed out under (session, entry, epoch) may still be published at local time ``now``:
+        the session is live, its own lease has not run out, the claim was not given up and the log still shows
+        it as the owner. Shells that publish after a delay (another thread) check this right before publishing."""
+        return (
+            self.live
+            and session == self.session
+            and now <= self.lease_deadline
+            and (entry, epoch) not in self._released
+            and self.state.owner_of(entry) == (session, epoch)
+        )
 
     # -- internals ----------------------------------------------------------------------------------------------
 
@@ -467,6 +495,7 @@ class NodeCore:
         self._claiming.clear()
         self._releasing.clear()
         self._unacked.clear()
+        self._outstanding.clear()
         self._agenda.clear()
         self._planned.clear()
         self._snapshotting = None
@@ -502,6 +531,7 @@ class NodeCore:
                 # from the next owner, who sees it unpublished.
                 actions.append(Note("warning", f"tick {tick} of {entry} not published: its claim was given up"))
                 continue
+            self._outstanding.add((entry, tick))
             actions.append(Dispatch(entry, tick, self.session, epoch))
         return actions
 
@@ -580,6 +610,7 @@ class NodeCore:
             if key in self._resent or entry.last_tick > broker_now:
                 continue
             self._resent.add(key)
+            self._outstanding.add(key)
             actions.append(Dispatch(name, entry.last_tick, self.session, entry.epoch, resend=True))
         return actions
 

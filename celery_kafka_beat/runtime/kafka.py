@@ -305,7 +305,9 @@ class KafkaNode:
 
     ``dispatch`` is called from the node's thread for every tick to publish; when it returns the tick counts as
     published (``core.on_dispatched``), when it raises it is logged and not acknowledged. Keep it short: the node
-    does nothing else meanwhile.
+    does nothing else meanwhile. With ``ack_on_return=False`` the callback only hands the tick over (to another
+    thread, say): that thread checks :meth:`may_publish` right before publishing and then reports the outcome
+    with :meth:`confirm` or :meth:`abort`; a clean stop waits for those reports before its goodbye.
 
     ``config`` is extra librdkafka configuration (security and the like) merged into all three clients; its values
     are never logged. ``clock`` returns monotonic milliseconds (tests offset it). The topic is created (or
@@ -328,6 +330,7 @@ class KafkaNode:
         replication_factor: int | None = None,
         min_insync_replicas: int | None = None,
         create_topic: bool = True,
+        ack_on_return: bool = True,
     ) -> None:
         settings.validate()
         self.settings = settings
@@ -341,6 +344,7 @@ class KafkaNode:
         self._replication_factor = replication_factor
         self._min_isr = min_insync_replicas
         self._create_topic = create_topic
+        self._ack_on_return = ack_on_return
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
@@ -369,20 +373,35 @@ class KafkaNode:
         self._thread = threading.Thread(target=self._run, name=f"ckb-node-{self.node}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> bool:
+    def stop(self, timeout: float = 10.0, *, wait: bool = True) -> bool:
         """Stop cleanly: publish what is decided, say goodbye, wait until it is read back (at most ``timeout``
-        seconds), flush the producer. True if the session ended cleanly (or none was live)."""
+        seconds), flush the producer. True if the session ended cleanly (or none was live). With ``wait=False``
+        only ask for the stop (and return False); :meth:`join` waits for it."""
         thread = self._thread
         if thread is None:
             return True
-        self._stop_deadline = time.monotonic() + timeout
-        self._stop_requested.set()
-        if thread is threading.current_thread():
-            return False  # called from the dispatch callback: the loop ends once the callback returns
-        thread.join(timeout + _FLUSH_S + 1.0)
+        if not self._stop_requested.is_set():
+            self._stop_deadline = time.monotonic() + timeout
+            self._stop_requested.set()
+        if not wait or thread is threading.current_thread():
+            return False  # from the dispatch callback: the loop ends once the callback returns
+        return self.join(timeout + _FLUSH_S + 1.0)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the node's thread to end; True if its session ended cleanly."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
         with self._lock:
             core = self._core
-            return core is None or core.stopped or not core.live
+            return not thread.is_alive() and (core is None or core.stopped or not core.live)
+
+    @property
+    def running(self) -> bool:
+        """Whether the node's thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def status(self) -> NodeStatus:
@@ -418,6 +437,29 @@ class KafkaNode:
         """The node's current cluster state as canonical JSON (None before it has read the topic)."""
         with self._lock:
             return None if self._core is None else self._core.state.to_json()
+
+    def may_publish(self, tick: Dispatch) -> bool:
+        """Whether ``tick`` (handed to the dispatch callback) may be published now: this node's session is still
+        the one that decided it, its lease holds and the log still shows it as the entry's owner."""
+        with self._lock:
+            core = self._core
+            return core is not None and core.can_publish(tick.session, tick.entry, tick.epoch, self._clock())
+
+    def confirm(self, tick: Dispatch) -> None:
+        """``tick`` was published (``ack_on_return=False``): record it in the log at once."""
+        with self._lock:
+            core = self._core
+            if core is None or core.session != tick.session:
+                return
+            core.on_dispatched(tick.entry, tick.tick)
+            self._execute(core, core.flush_acks(self._clock()))
+
+    def abort(self, tick: Dispatch) -> None:
+        """``tick`` was not published (``ack_on_return=False``); at-least-once mode leaves it to the next owner."""
+        with self._lock:
+            core = self._core
+            if core is not None and core.session == tick.session:
+                core.on_dispatch_failed(tick.entry, tick.tick)
 
     def wait_live(self, timeout: float) -> bool:
         """Wait until the node's session is live; False on timeout or if the node's thread ended."""
@@ -606,6 +648,7 @@ class KafkaNode:
                         self._dispatch(action)
                     except Exception:
                         self.dispatch_failures += 1
+                        core.on_dispatch_failed(action.entry, action.tick)
                         log.exception(
                             "node %s: dispatching %s tick %d failed; not acknowledged",
                             self.node,
@@ -613,7 +656,8 @@ class KafkaNode:
                             action.tick,
                         )
                     else:
-                        core.on_dispatched(action.entry, action.tick)
+                        if self._ack_on_return:
+                            core.on_dispatched(action.entry, action.tick)
                 case Truncate(before):
                     self._truncate(before)
                 case Note(level, message):

@@ -1,0 +1,255 @@
+"""End to end: real ``celery beat`` processes with ``-S kafka``, a real Kafka broker, a real Redis as the Celery
+broker, and a recorder consuming every task message they publish.
+
+Figures (failover, handover, lateness) are printed; run ``pytest -s tests/e2e`` to see them.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import ephem
+import pytest
+
+from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile
+
+#: Entries every second with Celery's relative=True: ticks fall on whole seconds, so a test can pick a moment
+#: (half past a second) when no replica is between deciding a tick and confirming its publish.
+EVERY_SECOND = {"every": 1, "relative": True}
+# Why 40 s: a replica's start (interpreter, Celery, reading the topic, first lease) takes 2-5 s here, 10+ s on a
+# loaded machine.
+START_TIMEOUT_S = 40.0
+
+
+@pytest.fixture
+def deploy(kafka_bootstrap: str, redis_url: str, topic_name: str, tmp_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(kafka=kafka_bootstrap, broker=redis_url, topic=topic_name, workdir=tmp_path, schedule={})
+    yield deployment
+    deployment.stop_all()
+
+
+def at_half_second() -> None:
+    """Sleep to the next x.5 s of wall time (not synchronisation: it places a fault between ticks)."""
+    now = time.time()
+    time.sleep((math.floor(now) + 1.5 - now) % 1.0 or 1.0)
+
+
+def owners(received: list[Received], since: float = 0.0) -> dict[str, str]:
+    """Entry -> the node that dispatched its latest tick received after ``since``."""
+    result: dict[str, str] = {}
+    for r in sorted(received, key=lambda r: r.received):
+        if r.received >= since:
+            result[r.entry] = r.node
+    return result
+
+
+def assert_every_tick_once(received: list[Received], entries: list[str], until_ms: int) -> dict[str, int]:
+    """Every entry's ticks form an unbroken 1 s series from its first one up to ``until_ms``, each received once."""
+    assert not duplicates(received), f"duplicate ticks: {duplicates(received)}"
+    missed: dict[str, int] = {}
+    for entry in entries:
+        ticks = sorted(r.tick for r in received if r.entry == entry)
+        assert ticks, f"no tick of {entry} received"
+        expected = set(range(ticks[0], until_ms + 1, 1000))
+        missing = sorted(expected - set(ticks))
+        missed[entry] = len(missing)
+        assert not missing, f"{entry}: ticks missed: {missing[:10]} (of {len(expected)})"
+    return missed
+
+
+def test_both_scheduler_names_start_and_dispatch(deploy: Deployment) -> None:
+    deploy.schedule = {f"e{i}": EVERY_SECOND for i in range(8)}
+    with Recorder(deploy.broker, deploy.queue) as recorder:
+        full = deploy.beat("full-path", scheduler="celery_kafka_beat.KafkaScheduler")
+        alias = deploy.beat("alias", scheduler="kafka")
+        recorder.wait(
+            lambda rs: {r.node for r in rs} == {"full-path", "alias"}, START_TIMEOUT_S, "ticks from both replicas"
+        )
+        received = recorder.wait(lambda rs: len(rs) >= 40, 30, "40 ticks")
+    assert not duplicates(received)
+    assert not recorder.errors
+    # The banner shows what the node is and where it coordinates; Celery's default entry is scheduled too.
+    for proc in (full, alias):
+        log = proc.text()
+        assert f"kafka-beat: kafka -> {deploy.kafka} topic {deploy.topic}" in log
+        assert f"kafka-beat: node -> {proc.name}" in log
+        assert "of 9 entries" in log  # 8 + celery.backend_cleanup
+    sample = received[-1]
+    assert sample.headers["celery_beat_task"] is True
+    assert sample.task == "e2e.tick"
+    assert sample.tick % 1000 == 0
+
+
+def test_three_replicas_survive_sigkill_and_sigterm_of_the_owner(deploy: Deployment) -> None:
+    """The acceptance run: 3 replicas, 24 entries every second for over 60 s, the owner of e0 SIGKILLed and later
+    SIGTERMed. Delivery at-least-once with catch-up 'all': no tick may be missed or received twice."""
+    entries = [f"e{i}" for i in range(24)]
+    deploy.schedule = dict.fromkeys(entries, EVERY_SECOND)
+    deploy.conf = {"kafka_beat_catchup": "all", "kafka_beat_delivery": "at-least-once"}
+    with Recorder(deploy.broker, deploy.queue) as recorder:
+        beats = {name: deploy.beat(name) for name in ("b1", "b2", "b3")}
+        started = time.time()
+        recorder.wait(lambda rs: len({r.node for r in rs}) == 3, START_TIMEOUT_S, "ticks from all three replicas")
+        spread = owners(recorder.snapshot(), since=time.time() - 2)
+
+        # SIGKILL the owner of e0 between two ticks.
+        recorder.wait(lambda rs: time.time() - started > 15, 30, "15 s of ticks")
+        victim = owners(recorder.snapshot())["e0"]
+        at_half_second()
+        killed_at = time.time()
+        beats[victim].signal(signal.SIGKILL)
+        after_kill = recorder.wait(
+            lambda rs: any(r.entry == "e0" and r.node != victim and r.received > killed_at for r in rs),
+            15,
+            "e0 dispatched by another replica after the SIGKILL",
+        )
+        failover = min(r.received for r in after_kill if r.entry == "e0" and r.received > killed_at) - killed_at
+        beats[victim].wait(10)
+
+        # SIGTERM the new owner of e0 between two ticks.
+        recorder.wait(lambda rs: time.time() - started > 35, 30, "35 s of ticks")
+        second = owners(recorder.snapshot())["e0"]
+        at_half_second()
+        termed_at = time.time()
+        beats[second].signal(signal.SIGTERM)
+        after_term = recorder.wait(
+            lambda rs: any(r.entry == "e0" and r.node != second and r.received > termed_at for r in rs),
+            15,
+            "e0 dispatched by the last replica after the SIGTERM",
+        )
+        handover = min(r.received for r in after_term if r.entry == "e0" and r.received > termed_at) - termed_at
+        assert beats[second].wait(15) == 0, beats[second].text()[-3000:]
+        assert "stopped" in beats[second].text()
+
+        recorder.wait(lambda rs: time.time() - started > 65, 40, "65 s of ticks")
+        until = (int(time.time()) - 2) * 1000
+        received = recorder.wait(
+            lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
+        )
+
+    assert not recorder.errors
+    assert_every_tick_once(received, entries, until)
+    assert len(set(spread.values())) == 3, f"entries not spread: {spread}"
+    lateness = [r.lateness_ms for r in received if not (killed_at <= r.received <= killed_at + failover + 0.5)]
+    all_late = [r.lateness_ms for r in received]
+    print(
+        f"\n[e2e] {len(received)} ticks of {len(entries)} entries over {time.time() - started:.0f} s, 0 duplicates, "
+        f"0 missed; failover after SIGKILL {failover * 1000:.0f} ms, handover after SIGTERM {handover * 1000:.0f} ms; "
+        f"lateness outside the failover p50 {percentile(lateness, 50):.1f} ms p99 {percentile(lateness, 99):.1f} ms "
+        f"max {max(lateness):.1f} ms; including it p99 {percentile(all_late, 99):.0f} ms max {max(all_late):.0f} ms"
+    )
+    assert failover < 3.0 + 1.5  # the lease (3 s), measured from the dead node's last record, plus slack
+    assert handover < 1.5  # a goodbye hands over at once: no lease wait
+    assert min(all_late) >= 0  # never early
+    assert percentile(lateness, 99) < 250
+
+
+def test_full_restart_neither_repeats_nor_loses(deploy: Deployment) -> None:
+    entries = [f"e{i}" for i in range(6)]
+    deploy.schedule = dict.fromkeys(entries, EVERY_SECOND)
+    deploy.conf = {"kafka_beat_catchup": "all"}
+    with Recorder(deploy.broker, deploy.queue) as recorder:
+        first = [deploy.beat("r1"), deploy.beat("r2")]
+        recorder.wait(lambda rs: len(rs) >= 5 * len(entries), START_TIMEOUT_S, "ticks before the restart")
+        for proc in first:
+            proc.signal(signal.SIGTERM)
+        for proc in first:
+            assert proc.wait(15) == 0
+        stopped_at = time.time()
+        before = len(recorder.snapshot())
+        second = [deploy.beat("r3"), deploy.beat("r4")]
+        recorder.wait(lambda rs: len(rs) >= before + 5 * len(entries), START_TIMEOUT_S, "ticks after the restart")
+        until = (int(time.time()) - 2) * 1000
+        received = recorder.wait(
+            lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
+        )
+    assert {r.node for r in received if r.received > stopped_at} <= {"r3", "r4"}
+    assert_every_tick_once(received, entries, until)  # the ticks of the downtime ran late, once
+    assert second
+
+
+def test_worker_beat_on_two_workers(deploy: Deployment) -> None:
+    """``celery worker -B --scheduler kafka`` on two workers: beat runs in a forked child of each; no duplicates,
+    entries spread, and a worker's warm shutdown hands its entries over at once."""
+    entries = [f"w{i}" for i in range(12)]
+    deploy.schedule = dict.fromkeys(entries, EVERY_SECOND)
+    with Recorder(deploy.broker, deploy.queue) as recorder:
+        workers = {name: deploy.worker_with_beat(name) for name in ("w1", "w2")}
+        recorder.wait(lambda rs: {r.node for r in rs} == set(workers), START_TIMEOUT_S, "ticks from both workers")
+        recorder.wait(lambda rs: len(rs) >= 60, 30, "60 ticks")
+        at_half_second()
+        termed_at = time.time()
+        mine = {e for e, n in owners(recorder.snapshot()).items() if n == "w1"}
+        workers["w1"].signal(signal.SIGTERM)  # the worker's warm shutdown stops its beat child
+        recorder.wait(
+            lambda rs: mine <= {r.entry for r in rs if r.received > termed_at and r.node == "w2"},
+            15,
+            "w1's entries dispatched by w2",
+        )
+        handover = time.time() - termed_at
+        workers["w1"].wait(30)
+        until = (int(time.time()) - 2) * 1000
+        received = recorder.wait(
+            lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
+        )
+    print(f"\n[e2e] worker -B: {len(received)} ticks, handover of {len(mine)} entries in {handover * 1000:.0f} ms")
+    assert mine
+    assert handover < 2.5  # within a second or two of the signal, not the 3 s lease
+    assert_every_tick_once(received, entries, until)
+
+
+def solar_noon_longitude(at: datetime) -> float:
+    """The longitude (degrees east) where the sun crosses the meridian at ``at``: where the local sidereal time
+    equals the sun's right ascension."""
+    observer = ephem.Observer()
+    observer.lat, observer.lon, observer.date = "0", "0", at.strftime("%Y/%m/%d %H:%M:%S")
+    sun = ephem.Sun(observer)
+    angle = (float(sun.ra) - float(observer.sidereal_time()) + math.pi) % (2 * math.pi) - math.pi
+    return math.degrees(angle)
+
+
+def test_crontab_and_solar_entries(deploy: Deployment) -> None:
+    noon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=30)
+    lon = solar_noon_longitude(noon)
+    deploy.schedule = {
+        "every-minute": {"crontab": {"minute": "*"}},
+        "noon-somewhere": {"solar": ["solar_noon", 0.0, lon]},
+    }
+    with Recorder(deploy.broker, deploy.queue) as recorder:
+        deploy.beat("c1")
+        deploy.beat("c2")
+        received = recorder.wait(
+            lambda rs: {r.entry for r in rs} == {"every-minute", "noon-somewhere"}, 75, "a crontab and a solar tick"
+        )
+    cron = [r for r in received if r.entry == "every-minute"]
+    solar = [r for r in received if r.entry == "noon-somewhere"]
+    assert cron[0].tick % 60_000 == 0
+    assert len(solar) == 1
+    assert abs(solar[0].tick - noon.timestamp() * 1000) < 5000, (solar[0].tick, noon)
+    assert 0 <= cron[0].lateness_ms < 1000
+    assert 0 <= solar[0].lateness_ms < 1000
+    assert not duplicates(received)
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"kafka_beat_lease": "fast"}, "kafka_beat_lease='fast': must be a number of seconds"),
+        ({"kafka_beat_leese": 3}, "did you mean 'kafka_beat_lease'"),
+        ({"kafka_beat_delivery": "exactly-once"}, "must be one of 'at-most-once', 'at-least-once'"),
+        ({"kafka_beat_client_config": {"group.id": "x"}}, "'group.id' is managed by KafkaScheduler"),
+    ],
+)
+def test_bad_settings_are_rejected_with_a_clear_message(
+    deploy: Deployment, conf: dict[str, object], message: str
+) -> None:
+    deploy.schedule = {"e": EVERY_SECOND}
+    deploy.conf = conf
+    proc = deploy.beat("bad")
+    assert proc.wait(60) != 0
+    assert message in proc.text()
