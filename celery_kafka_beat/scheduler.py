@@ -1,6 +1,7 @@
 """``KafkaScheduler``: the Celery beat scheduler that runs on every replica and coordinates through one Kafka topic.
 
-Use it with ``celery beat -S celery_kafka_beat.KafkaScheduler`` (or ``-S kafka``), or ``celery worker -B -S kafka``.
+Use it with ``celery beat -S celery_kafka_beat.KafkaScheduler`` (or ``-S kafka``), or
+``celery worker -B --scheduler kafka`` (on ``worker``, ``-S`` is ``--statedb``).
 It is a thin shell: the schedule comes from ``beat_schedule`` as usual, the protocol core decides which replica
 owns which entry and which ticks to publish, and this class publishes a tick's task when the core hands it over.
 

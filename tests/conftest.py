@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from celery_kafka_beat.devkafka import DevKafkaError, KafkaCluster
+from celery_kafka_beat.devredis import LocalRedis, RedisUnavailable, redis_answers
 
 BOOTSTRAP_ENV = "CKB_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CKB_REDIS_URL"
-# Why 15 s: redis-server answers PING within milliseconds of starting; a loaded CI machine still fits.
-_REDIS_START_TIMEOUT_S = 15.0
 # Why 3 s (default 9 s): after a broker crash the controller fences it and moves leadership once this expires;
 # fault tests then wait ~3 s instead of ~9 s.
 CLUSTER3_SESSION_TIMEOUT_MS = 3000
@@ -89,79 +83,15 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     return f"ckb-{test}-{uuid.uuid4().hex}"
 
 
-class RedisUnavailable(RuntimeError):
-    """The end-to-end tests' Celery broker cannot be started."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _redis_ping(url: str) -> bool:
-    import redis  # noqa: PLC0415 - only the e2e tests need it
-
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Celery broker URL of a running Redis (existing via $CKB_REDIS_URL, else a fresh redis-server)."""
     existing = os.environ.get(REDIS_ENV, "").strip()
     if existing:
-        if not _redis_ping(existing):
+        parts = urlsplit(existing)
+        if not redis_answers(parts.hostname or "127.0.0.1", parts.port or 6379):
             raise RedisUnavailable(f"${REDIS_ENV}={existing} does not answer PING")
         yield existing
         return
-    binary = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-    )
-    if binary is None:
-        raise RedisUnavailable(
-            "redis-server is not installed: apt-get install redis-server (bash .ci/run does this), "
-            f"or set ${REDIS_ENV} to a Redis you run"
-        )
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    with tempfile.TemporaryDirectory(prefix="ckb-redis-") as workdir:
-        log = Path(workdir) / "redis.log"
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-                "--logfile",
-                str(log),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + _REDIS_START_TIMEOUT_S
-            while not _redis_ping(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                    raise RedisUnavailable(f"redis-server on port {port} did not start:\n{tail}")
-                time.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with LocalRedis() as redis:  # a RedisUnavailable here errors every e2e test: intended
+        yield redis.url

@@ -16,6 +16,7 @@ from pathlib import Path
 import ephem
 import pytest
 
+from celery_kafka_beat.devkafka import KafkaCluster
 from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile
 
 #: Entries every second with Celery's relative=True: ticks fall on whole seconds, so a test can pick a moment
@@ -149,10 +150,13 @@ def test_three_replicas_survive_sigkill_and_sigterm_of_the_owner(deploy: Deploym
     assert percentile(lateness, 99) < 250
 
 
-def test_full_restart_neither_repeats_nor_loses(deploy: Deployment) -> None:
+@pytest.mark.parametrize("catchup", ["all", "once"])
+def test_full_restart_neither_repeats_nor_loses(deploy: Deployment, catchup: str) -> None:
+    """All replicas stop (SIGTERM) and new ones start a few seconds later. No tick runs twice; the ticks that fell
+    due meanwhile follow the catch-up policy exactly: 'all' runs each of them late, 'once' runs only the latest."""
     entries = [f"e{i}" for i in range(6)]
     deploy.schedule = dict.fromkeys(entries, EVERY_SECOND)
-    deploy.conf = {"kafka_beat_catchup": "all"}
+    deploy.conf = {"kafka_beat_catchup": catchup}
     with Recorder(deploy.broker, deploy.queue) as recorder:
         first = [deploy.beat("r1"), deploy.beat("r2")]
         recorder.wait(lambda rs: len(rs) >= 5 * len(entries), START_TIMEOUT_S, "ticks before the restart")
@@ -162,15 +166,31 @@ def test_full_restart_neither_repeats_nor_loses(deploy: Deployment) -> None:
             assert proc.wait(15) == 0
         stopped_at = time.time()
         before = len(recorder.snapshot())
-        second = [deploy.beat("r3"), deploy.beat("r4")]
+        deploy.beat("r3")
+        deploy.beat("r4")
         recorder.wait(lambda rs: len(rs) >= before + 5 * len(entries), START_TIMEOUT_S, "ticks after the restart")
         until = (int(time.time()) - 2) * 1000
         received = recorder.wait(
             lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
         )
     assert {r.node for r in received if r.received > stopped_at} <= {"r3", "r4"}
-    assert_every_tick_once(received, entries, until)  # the ticks of the downtime ran late, once
-    assert second
+    if catchup == "all":
+        assert_every_tick_once(received, entries, until)  # the ticks of the downtime ran late, once each
+        return
+    assert not duplicates(received)
+    for entry in entries:
+        mine = sorted((r for r in received if r.entry == entry), key=lambda r: r.tick)
+        last_before = max(r.tick for r in mine if r.received <= stopped_at)
+        after = [r for r in mine if r.tick > last_before]
+        resumed, following = after[0], after[1]
+        ticks = [r.tick for r in mine]
+        missed = sorted(set(range(ticks[0], until + 1, 1000)) - set(ticks))
+        # Missed: exactly the downtime's ticks before the one catch-up ran; nothing else.
+        assert missed == list(range(last_before + 1000, resumed.tick, 1000)), (entry, missed, resumed.tick)
+        # And that one was the latest overdue tick: the next one was not yet due at takeover, so it ran on time.
+        assert following.tick == resumed.tick + 1000
+        assert following.lateness_ms < 1000, (entry, resumed, following)
+        assert missed, f"{entry}: the downtime should have missed ticks"
 
 
 def test_worker_beat_on_two_workers(deploy: Deployment) -> None:
@@ -201,6 +221,50 @@ def test_worker_beat_on_two_workers(deploy: Deployment) -> None:
     assert mine
     assert handover < 2.5  # within a second or two of the signal, not the 3 s lease
     assert_every_tick_once(received, entries, until)
+
+
+def test_beat_survives_losing_kafka(redis_url: str, topic_name: str, tmp_path: Path) -> None:
+    """The Kafka broker dies under two running replicas: they keep running (no crash loop), stop dispatching once
+    their leases run out (they cannot know they still own anything), and resume when the broker is back."""
+    entries = [f"k{i}" for i in range(6)]
+    with KafkaCluster(nodes=1, workdir=tmp_path / "kafka") as cluster:
+        deploy = Deployment(
+            kafka=cluster.bootstrap_servers,
+            broker=redis_url,
+            topic=topic_name,
+            workdir=tmp_path,
+            schedule=dict.fromkeys(entries, EVERY_SECOND),
+        )
+        try:
+            with Recorder(deploy.broker, deploy.queue) as recorder:
+                beats = [deploy.beat("k1"), deploy.beat("k2")]
+                recorder.wait(lambda rs: len(rs) >= 5 * len(entries), START_TIMEOUT_S, "ticks before the outage")
+                killed_at = time.time()
+                cluster.kill_broker(0)
+                # Both lose their sessions: each notices its own lease ran out (3 s) and keeps trying.
+                deadline = time.monotonic() + 30
+                while not all(b.text().count("lost:") >= 1 for b in beats):
+                    assert time.monotonic() < deadline, "the replicas did not notice the lost broker"
+                    assert all(b.proc is not None and b.proc.poll() is None for b in beats), "a replica exited"
+                    time.sleep(0.1)
+                quiet_from = killed_at + 3.0 + 0.5  # the lease, plus publishing slack
+                time.sleep(2.0)  # an outage of a few seconds more (a fault's duration, not synchronisation)
+                cluster.restart_broker(0)
+                restarted_at = time.time()
+                recorder.wait(
+                    lambda rs: {r.entry for r in rs if r.received > restarted_at} == set(entries),
+                    60,
+                    "every entry dispatched again after the broker came back",
+                )
+                assert all(b.proc is not None and b.proc.poll() is None for b in beats), "a replica exited"
+                received = recorder.snapshot()
+        finally:
+            deploy.stop_all()
+    during = [r for r in received if quiet_from < r.received < restarted_at]
+    assert not during, f"dispatched while cut off from Kafka past the lease: {during[:3]}"
+    assert not duplicates(received)
+    resumed = min(r.received for r in received if r.received > restarted_at) - restarted_at
+    print(f"\n[e2e] Kafka outage: dispatching resumed {resumed:.2f} s after the broker restart")
 
 
 def solar_noon_longitude(at: datetime) -> float:

@@ -1,0 +1,86 @@
+"""The core's side of a shell that publishes in another thread: fencing right before a publish, and a clean stop
+that waits for the shell to report every tick it was handed."""
+
+from __future__ import annotations
+
+from celery_kafka_beat import wire
+from celery_kafka_beat.protocol import Action, Append, DeliveryMode, Dispatch, NodeCore, NodeSettings
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
+
+
+class Loopback:
+    """One node whose appends are read back at once, in order, with the broker clock equal to local time."""
+
+    def __init__(self, delivery: DeliveryMode = DeliveryMode.AT_LEAST_ONCE) -> None:
+        settings = NodeSettings(node="n1", delivery=delivery)
+        self.core = NodeCore(settings, ["a"], IntervalSchedule({"a": 1000}), lambda: "s1")
+        self.now = 1_000_000
+        self.offset = -1
+        self.log: list[wire.Record] = []
+        self.dispatched: list[Dispatch] = []
+        self.run(self.core.start(self.now))
+
+    def run(self, actions: list[Action]) -> None:
+        queue = list(actions)
+        while queue:
+            action = queue.pop(0)
+            if isinstance(action, Append):
+                self.offset += 1
+                self.log.append(action.record)
+                queue += self.core.on_record(self.offset, self.now, action.record, self.now)
+            elif isinstance(action, Dispatch):
+                self.dispatched.append(action)
+
+    def advance(self, ms: int) -> None:
+        for _ in range(ms // 10):
+            self.now += 10
+            self.run(self.core.on_timer(self.now))
+
+    def first_tick(self) -> Dispatch:
+        while not self.dispatched:
+            self.advance(100)
+        return self.dispatched[0]
+
+
+def test_a_handed_over_tick_may_be_published_while_the_lease_holds() -> None:
+    node = Loopback()
+    tick = node.first_tick()
+    assert node.core.can_publish(tick.session, tick.entry, tick.epoch, node.now)
+    assert not node.core.can_publish("other", tick.entry, tick.epoch, node.now)
+    assert not node.core.can_publish(tick.session, tick.entry, tick.epoch + 1, node.now)
+    # Past its own lease (no record renewed it) the node must not publish, even before it notices.
+    assert not node.core.can_publish(tick.session, tick.entry, tick.epoch, node.core.lease_deadline + 1)
+
+
+def test_confirmation_is_logged_at_once_in_at_least_once_mode() -> None:
+    node = Loopback()
+    tick = node.first_tick()
+    node.core.on_dispatched(tick.entry, tick.tick)
+    node.run(node.core.flush_acks(node.now))
+    published = [r for r in node.log if isinstance(r, wire.Published)]
+    assert published
+    assert published[-1].items == ((tick.entry, tick.tick),)
+    assert node.core.state.entries["a"].published
+
+
+def test_clean_stop_waits_for_the_shell_to_report_each_handed_over_tick() -> None:
+    node = Loopback()
+    tick = node.first_tick()
+    node.run(node.core.stop(node.now))
+    node.advance(500)
+    assert not any(isinstance(r, wire.Goodbye) for r in node.log)  # the tick's publish is still outstanding
+    node.core.on_dispatched(tick.entry, tick.tick)
+    node.advance(100)
+    kinds = [type(r).__name__ for r in node.log]
+    assert kinds[-2:] == ["Published", "Goodbye"]  # confirmed first, then handed over
+    assert node.core.stopped
+
+
+def test_a_failed_publish_is_left_unconfirmed_for_the_next_owner() -> None:
+    node = Loopback()
+    tick = node.first_tick()
+    node.core.on_dispatch_failed(tick.entry, tick.tick)
+    node.run(node.core.stop(node.now))
+    node.advance(200)
+    assert node.core.stopped
+    assert not node.core.state.entries["a"].published  # at-least-once: the next owner publishes it again
