@@ -582,7 +582,9 @@ class NodeCore:
     def _release(self, now: int) -> list[Action]:
         assert self.session is not None
         owned = self.state.owned.get(self.session, set())
-        pending = {entry for _, entry, _ in self._to_publish}
+        # Not while a tick of the entry is decided but not yet published, or handed to the shell and not yet
+        # reported: the release would fence that publish, and the next owner re-sends only the last decided tick.
+        pending = {entry for _, entry, _ in self._to_publish} | {entry for entry, _ in self._outstanding}
         items = []
         for name in sorted(owned):  # sorted: the same actions whatever the hash seed
             if name in self._desired or name in self._releasing or name in self._deciding or name in pending:

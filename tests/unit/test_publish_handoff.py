@@ -11,9 +11,10 @@ from celery_kafka_beat.protocol.schedules import IntervalSchedule
 class Loopback:
     """One node whose appends are read back at once, in order, with the broker clock equal to local time."""
 
-    def __init__(self, delivery: DeliveryMode = DeliveryMode.AT_LEAST_ONCE) -> None:
+    def __init__(self, delivery: DeliveryMode = DeliveryMode.AT_LEAST_ONCE, entries: int = 1) -> None:
         settings = NodeSettings(node="n1", delivery=delivery)
-        self.core = NodeCore(settings, ["a"], IntervalSchedule({"a": 1000}), lambda: "s1")
+        names = ["a"] + [f"x{i}" for i in range(1, entries)]
+        self.core = NodeCore(settings, names, IntervalSchedule(dict.fromkeys(names, 1000)), lambda: "s1")
         self.now = 1_000_000
         self.offset = -1
         self.log: list[wire.Record] = []
@@ -84,3 +85,22 @@ def test_a_failed_publish_is_left_unconfirmed_for_the_next_owner() -> None:
     node.advance(200)
     assert node.core.stopped
     assert not node.core.state.entries["a"].published  # at-least-once: the next owner publishes it again
+
+
+def test_an_entry_is_not_released_while_a_tick_of_it_is_with_the_shell() -> None:
+    """Found end to end: a node handed a batch of ticks to beat's thread, a second node joined, and the first
+    released entries whose ticks were still being published; the release fenced those publishes."""
+    node = Loopback(entries=16)
+    node.first_tick()
+    handed = {d.entry: d for d in node.dispatched}  # none reported yet
+    assert len(handed) == 16
+    other = wire.Hello(session="s2", seq=1, node="n2", lease_ms=3000, catalog=node.core.catalog)
+    node.run([Append(other)])
+    node.advance(100)
+    released = {name for r in node.log if isinstance(r, wire.Release) for name, _ in r.items}
+    assert not released  # every entry has a tick with the shell
+    for d in handed.values():
+        node.core.on_dispatched(d.entry, d.tick)
+    node.advance(100)
+    released = {name for r in node.log if isinstance(r, wire.Release) for name, _ in r.items}
+    assert released  # now the entries the newcomer should own move (rendezvous gives it some of 16)
