@@ -2,7 +2,9 @@
 
 Everything here runs in simulated time from one seeded random generator, so a scenario replays exactly from its
 seed: ``python -m celery_kafka_beat.simulation --seed N -v``. The nodes are real :class:`NodeCore` instances; the
-log, the broker clock, the network and the cleaner are simulated. After every step the checker verifies:
+log, the broker clock, the network and the cleaner are simulated. Half the nodes publish like KafkaScheduler, in
+another thread: some time after the core hands a tick over they check ``can_publish`` and report the outcome.
+After every step the checker verifies:
 
 * every dispatched tick was validly decided in the log by the dispatching session under the same epoch, and is
   not dispatched before it is due in broker time;
@@ -12,7 +14,8 @@ log, the broker clock, the network and the cleaner are simulated. After every st
 * a node that starts from what the cleaner left computes exactly the state of the oracle (which folded every
   record), and so does every running node that has caught up with the log;
 and at the end of the run:
-* every tick due in a calm stretch (no fault within the recovery bound) was decided within the grace period;
+* every tick due in a calm stretch (no fault within the recovery bound) was decided within the grace period, and
+  published;
 * every tick that was skipped was overdue by the catch-up policy's threshold when a later tick was decided.
 """
 
@@ -82,6 +85,9 @@ class _SimNode:
     stalled_until: int = 0
     slow_until: int = 0
     lossy_until: int = 0
+    deferred: bool = False
+    """Publishes in another thread, like KafkaScheduler: a tick is checked (can_publish) and published some time
+    after the core handed it over, and reported back then."""
 
 
 @dataclass
@@ -169,6 +175,8 @@ class Simulation:
     def __init__(self, scenario: Scenario, trace: Callable[[str], None] | None = None) -> None:
         self.sc = scenario
         self.rng = random.Random(scenario.seed * 7919 + 1)
+        # A second generator for the publishing thread's delays, so that adding it left the other draws alone.
+        self.shell_rng = random.Random(scenario.seed * 104729 + 3)
         self.trace = trace
         self.now = 0
         self.log: list[_LogRecord] = []
@@ -225,6 +233,7 @@ class Simulation:
             rate=1.0 + self.rng.uniform(-0.005, 0.005),
             skew=self.rng.randint(-600_000, 600_000),
             read_delay=self.rng.randint(1, 15),
+            deferred=self.shell_rng.random() < 0.5,
         )
         self.nodes.append(node)
         self._start(node)
@@ -269,6 +278,15 @@ class Simulation:
             if isinstance(action, Append):
                 self._send(node, action.record)
             elif isinstance(action, Dispatch):
+                if node.deferred:
+                    # Beat's thread picks it up after a while: usually at once, sometimes after a slow publish
+                    # of other ticks (a sluggish Celery broker), now and then after more than a lease.
+                    roll = self.shell_rng.random()
+                    delay = self.shell_rng.randint(0, 5) if roll < 0.8 else self.shell_rng.randint(5, 300)
+                    if roll > 0.98:
+                        delay = self.shell_rng.randint(self.sc.settings.lease_ms // 2, 2 * self.sc.settings.lease_ms)
+                    self._push(self.now + delay, "publish", node.index, node.generation, action)
+                    continue
                 self._dispatch(node, action)
                 node.core.on_dispatched(action.entry, action.tick)
             elif isinstance(action, Truncate):
@@ -318,6 +336,24 @@ class Simulation:
                 self._fail(f"zombie: {node.name} dispatched {key} although {owner} claimed the entry since")
         elif any(s == action.session for s, r, _ in earlier[:-1]):
             self._fail(f"{node.name} re-sent {key} twice")
+
+    def _on_publish(self, node: _SimNode, action: Dispatch) -> None:
+        """The publishing thread of a deferred node: check the lease and ownership, publish, report."""
+        if node.core is None:
+            return
+        if node.status == "paused":
+            self._push(self.now + 50, "publish", node.index, node.generation, action)  # the whole process is frozen
+            return
+        local = self._local(node)
+        if node.core.can_publish(action.session, action.entry, action.epoch, local):
+            self._dispatch(node, action)
+            node.core.on_dispatched(action.entry, action.tick)
+            self._execute(node, node.core.flush_acks(local))
+        else:
+            self._log(f"{node.name} did not publish {action.entry}@{action.tick}: no longer its owner")
+            node.core.on_dispatch_failed(action.entry, action.tick)
+        if node.status == "up":
+            self._after_step(node)
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -509,6 +545,9 @@ class Simulation:
                     self._on_timer(node)
                 elif kind == "resume":
                     self._on_resume(node)
+                elif kind == "publish":
+                    assert isinstance(args[2], Dispatch)
+                    self._on_publish(node, args[2])
         self.report.events = handled
         self.report.sim_ms = self.now
         self._check_ticks()
@@ -564,6 +603,11 @@ class Simulation:
                     lateness = got[3] - tick
                     if lateness > s.catchup_grace_ms:
                         self._fail(f"tick ({entry}, {tick}) decided {lateness} ms late in a calm stretch")
+                    # A deferred publish may take up to two leases (see _execute): calm must last that long too.
+                    calm_publish = self._calm(sim_tick, sim_tick + 2 * s.lease_ms + s.catchup_grace_ms)
+                    if calm_publish and (entry, tick) not in self.dispatched:
+                        self._fail(f"tick ({entry}, {tick}) was decided in a calm stretch but never published")
+                        return
                 tick += period
 
     def _covered(self) -> None:

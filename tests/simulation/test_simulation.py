@@ -79,3 +79,28 @@ def test_a_holder_that_ignores_its_own_lease_is_caught_as_a_zombie(mutate: pytes
     mutate.setattr(node_module.NodeCore, "_expire_inflight", lambda self, now: setattr(self, "lease_deadline", 10**18))
     violation = _first_violation(range(300))
     assert violation is not None
+
+
+def test_releasing_an_entry_whose_tick_is_with_the_publishing_thread_is_caught(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: release entries regardless of ticks handed to the publishing thread and not yet reported (the bug
+    the end-to-end full-restart test found: the release fenced the publish and the tick was never sent)."""
+    original = node_module.NodeCore._release
+
+    def hasty(self: node_module.NodeCore, now: int) -> list[node_module.Action]:
+        saved, self._outstanding = self._outstanding, set()
+        try:
+            return original(self, now)
+        finally:
+            self._outstanding = saved
+
+    mutate.setattr(node_module.NodeCore, "_release", hasty)
+    violation = _first_violation(range(1000))
+    assert violation is not None
+    assert "never published" in violation
+
+
+def test_a_publishing_thread_that_skips_the_lease_check_is_caught(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: the publishing thread publishes whatever it was handed, however late (no can_publish check)."""
+    mutate.setattr(node_module.NodeCore, "can_publish", lambda self, session, entry, epoch, now: True)
+    violation = _first_violation(range(1000))
+    assert violation is not None
