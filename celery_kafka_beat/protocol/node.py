@@ -587,10 +587,15 @@ class NodeCore:
         pending = {entry for _, entry, _ in self._to_publish} | {entry for entry, _ in self._outstanding}
         items = []
         for name in sorted(owned):  # sorted: the same actions whatever the hash seed
-            if name in self._desired or name in self._releasing or name in self._deciding or name in pending:
-                continue
             owner = self.state.owner_of(name)
             assert owner is not None
+            if name in self._releasing:
+                continue
+            # A claim given up once is never used again, even if the entry is wanted back (its release may have
+            # been lost, or may still land): release it again, then claim it afresh under a new epoch.
+            given_up = (name, owner[1]) in self._released
+            if not given_up and (name in self._desired or name in self._deciding or name in pending):
+                continue
             items.append((name, owner[1]))
             if len(items) >= self.settings.max_batch:
                 break
@@ -623,6 +628,9 @@ class NodeCore:
     def _decide(self, now: int, broker_now: int) -> list[Action]:
         assert self.session is not None
         items: list[wire.DecideItem] = []
+        # Entries that should move but cannot be released yet (a tick of theirs is still to be published, perhaps
+        # by a slow publishing thread): keep deciding them meanwhile, or their ticks would fall through the gap.
+        held = {entry for _, entry, _ in self._to_publish} | {entry for entry, _ in self._outstanding}
         while self._agenda and self._agenda[0][0] <= broker_now and len(items) < self.settings.max_batch:
             at, name = heapq.heappop(self._agenda)
             if self._planned.get(name) != at:
@@ -631,7 +639,9 @@ class NodeCore:
             owner = self.state.owner_of(name)
             if owner is None or owner[0] != self.session or name in self._deciding or name in self._releasing:
                 continue
-            if name not in self._desired:
+            if (name, owner[1]) in self._released:
+                continue  # given up (its release may still be on the way): it would not be published
+            if name not in self._desired and name not in held:
                 continue  # about to be released; the next owner decides
             entry = self.state.entries[name]
             prev = entry.last_tick if entry.last_tick is not None else entry.anchor

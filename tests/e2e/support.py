@@ -44,6 +44,8 @@ class Received:
     received: float
     """time.time() when the recorder got it."""
     headers: Mapping[str, Any]
+    body: Any = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def lateness_ms(self) -> float:
@@ -96,6 +98,8 @@ class Recorder:
                 epoch=int(headers["ckb_epoch"]),
                 received=time.time(),
                 headers=headers,
+                body=body,
+                properties=dict(message.properties),
             )
         except (KeyError, ValueError) as exc:
             with self._cond:

@@ -17,6 +17,7 @@ import ephem
 import pytest
 
 from celery_kafka_beat.devkafka import KafkaCluster
+from celery_kafka_beat.scheduler import tick_task_id
 from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile
 
 #: Entries every second with Celery's relative=True: ticks fall on whole seconds, so a test can pick a moment
@@ -64,7 +65,13 @@ def assert_every_tick_once(received: list[Received], entries: list[str], until_m
 
 
 def test_both_scheduler_names_start_and_dispatch(deploy: Deployment) -> None:
-    deploy.schedule = {f"e{i}": EVERY_SECOND for i in range(8)}
+    deploy.schedule = {f"e{i}": EVERY_SECOND for i in range(7)}
+    deploy.schedule["with-options"] = {
+        **EVERY_SECOND,
+        "args": [1, "two"],
+        "kwargs": {"three": 3},
+        "options": {"queue": deploy.queue, "priority": 7, "expires": 30, "headers": {"x-team": "ops"}},
+    }
     with Recorder(deploy.broker, deploy.queue) as recorder:
         full = deploy.beat("full-path", scheduler="celery_kafka_beat.KafkaScheduler")
         alias = deploy.beat("alias", scheduler="kafka")
@@ -80,10 +87,18 @@ def test_both_scheduler_names_start_and_dispatch(deploy: Deployment) -> None:
         assert f"kafka-beat: kafka -> {deploy.kafka} topic {deploy.topic}" in log
         assert f"kafka-beat: node -> {proc.name}" in log
         assert "of 9 entries" in log  # 8 + celery.backend_cleanup
-    sample = received[-1]
-    assert sample.headers["celery_beat_task"] is True
-    assert sample.task == "e2e.tick"
-    assert sample.tick % 1000 == 0
+    for r in received:
+        assert r.task_id == tick_task_id(deploy.topic, r.entry, r.tick)  # deterministic
+        assert r.headers["celery_beat_task"] is True
+        assert r.task == "e2e.tick"
+        assert r.tick % 1000 == 0
+    optioned = [r for r in received if r.entry == "with-options"]
+    assert optioned
+    args, kwargs, _embed = optioned[0].body
+    assert (args, kwargs) == ([1, "two"], {"three": 3})
+    assert optioned[0].properties["priority"] == 7
+    assert optioned[0].headers["x-team"] == "ops"
+    assert optioned[0].headers["expires"] is not None
 
 
 def test_three_replicas_survive_sigkill_and_sigterm_of_the_owner(deploy: Deployment) -> None:

@@ -19,6 +19,9 @@ class Loopback:
         self.offset = -1
         self.log: list[wire.Record] = []
         self.dispatched: list[Dispatch] = []
+        self.drop: type[wire.Record] | None = None
+        """Appends of this record type are lost."""
+        self.auto_report = False
         self.run(self.core.start(self.now))
 
     def run(self, actions: list[Action]) -> None:
@@ -26,11 +29,15 @@ class Loopback:
         while queue:
             action = queue.pop(0)
             if isinstance(action, Append):
+                if self.drop is not None and isinstance(action.record, self.drop):
+                    continue
                 self.offset += 1
                 self.log.append(action.record)
                 queue += self.core.on_record(self.offset, self.now, action.record, self.now)
             elif isinstance(action, Dispatch):
                 self.dispatched.append(action)
+                if self.auto_report:
+                    self.core.on_dispatched(action.entry, action.tick)
 
     def advance(self, ms: int) -> None:
         for _ in range(ms // 10):
@@ -104,3 +111,28 @@ def test_an_entry_is_not_released_while_a_tick_of_it_is_with_the_shell() -> None
     node.advance(100)
     released = {name for r in node.log if isinstance(r, wire.Release) for name, _ in r.items}
     assert released  # now the entries the newcomer should own move (rendezvous gives it some of 16)
+
+
+def test_a_claim_given_up_is_never_used_again_even_when_its_release_was_lost() -> None:
+    """Found by the simulator: a release was lost, then the entry was wanted back; the node kept a claim it had
+    given up (and would not publish under), so the entry was stuck. It must release again and claim afresh."""
+    node = Loopback(entries=16)
+    node.auto_report = True
+    node.first_tick()
+    node.advance(200)
+    epochs = {name: node.core.state.owner_of(name) for name in node.core.entries}
+    node.drop = wire.Release
+    node.run([Append(wire.Hello(session="s2", seq=1, node="n2", lease_ms=3000, catalog=node.core.catalog))])
+    node.advance(100)
+    given_up = {name for name, _ in node.core._released}
+    assert given_up  # the newcomer should own some entries; their releases are lost
+    node.drop = None
+    node.run([Append(wire.Goodbye(session="s2", seq=2))])  # the newcomer leaves: the entries are wanted back
+    node.advance(4000)  # past a lease: the lost releases are noticed
+    for name in given_up:
+        owner = node.core.state.owner_of(name)
+        assert owner is not None
+        assert owner[0] == "s1"
+        assert owner != epochs[name], f"{name} is still held under the claim that was given up"
+        recent = [d for d in node.dispatched if d.entry == name and d.epoch == owner[1]]
+        assert recent, f"{name} is not dispatched again under its new claim"
