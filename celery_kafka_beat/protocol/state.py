@@ -110,6 +110,10 @@ class ClusterState:
             if isinstance(record, wire.CatalogPart):
                 self._catalog_part(record)  # a catalog is written before the hello that names it
                 return VALID
+            if isinstance(record, wire.Published):
+                # A confirmation is a fact about the past, true whoever sends it: one held up in a producer while
+                # the broker was away still spares the next owner a re-send (a duplicate). It renews nothing.
+                self._confirm(record)
             return INVALID
         session.renewed = self.log_time
         match record:
@@ -126,10 +130,7 @@ class ClusterState:
                         self._disown(name, entry)
                 return VALID
             case wire.Published():
-                for name, tick in record.items:
-                    entry = self.entries.get(name)
-                    if entry is not None and entry.last_tick == tick:
-                        entry.published = True
+                self._confirm(record)
                 return VALID
             case wire.Goodbye():
                 self._end(record.session)
@@ -224,6 +225,12 @@ class ClusterState:
             entry.last_offset, entry.published = offset, False
             decided.append(item)
         return Outcome(valid=True, decided=tuple(decided))
+
+    def _confirm(self, record: wire.Published) -> None:
+        for name, tick in record.items:
+            entry = self.entries.get(name)
+            if entry is not None and entry.last_tick == tick:
+                entry.published = True
 
     def _disown(self, name: str, entry: EntryState) -> None:
         assert entry.owner is not None

@@ -95,6 +95,22 @@ def test_decisions_need_the_current_epoch_and_a_later_tick() -> None:
     assert log.state.entries["a"].last_tick == 5
 
 
+def test_a_confirmation_counts_even_from_a_session_that_has_ended() -> None:
+    """A tick's confirmation held up in a producer while the broker was away lands after its session expired; it
+    still marks the tick published (else the next owner re-sends it: a duplicate), and it renews nothing."""
+    log = Log()
+    log.join(0, "s1")
+    epoch, _ = log.add(10, wire.Claim(session="s1", seq=log.q(), entries=("a",)))
+    item = wire.DecideItem(entry="a", epoch=epoch, tick=500)
+    log.add(20, wire.Decide(session="s1", seq=log.q(), items=(item,)))
+    log.join(5000, "s2")  # s1's lease (1 s) ended long ago
+    assert "s1" not in log.state.sessions
+    _, outcome = log.add(5001, wire.Published(session="s1", seq=log.q(), items=(("a", 400), ("a", 500))))
+    assert not outcome.valid  # type: ignore[attr-defined]
+    assert log.state.entries["a"].published
+    assert "s1" not in log.state.sessions
+
+
 def test_a_release_only_ends_the_claim_it_names() -> None:
     log = Log()
     log.join(0, "s1")
