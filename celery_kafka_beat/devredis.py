@@ -52,7 +52,12 @@ class LocalRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> LocalRedis:
+    def restart(self) -> None:
+        """Stop the server and start a new one on the same port (an outage of the Celery broker; nothing is kept)."""
+        self.stop()
+        self.start(port=self.port)
+
+    def start(self, port: int | None = None) -> LocalRedis:
         binary = shutil.which("redis-server") or next(
             (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if Path(p).exists()), None
         )
@@ -60,7 +65,7 @@ class LocalRedis:
             raise RedisUnavailable("redis-server is not installed: apt-get install redis-server")
         self._workdir = tempfile.TemporaryDirectory(prefix="ckb-redis-")
         log = Path(self._workdir.name) / "redis.log"
-        self.port = _free_port()
+        self.port = port or _free_port()
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         argv += ["--dir", self._workdir.name, "--logfile", str(log)]
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

@@ -13,7 +13,8 @@ After every step the checker verifies:
   a forward broker clock jump made the log expire the dispatcher early (liveness, not safety, is lost then);
 * a node that starts from what the cleaner left computes exactly the state of the oracle (which folded every
   record), and so does every running node that has caught up with the log;
-and at the end of the run:
+and at the end of the run, which closes with a fault-free stretch:
+* every live node owns exactly the entries the assignment gives it (the ownership has settled);
 * every tick due in a calm stretch (no fault within the recovery bound) was decided within the grace period, and
   published;
 * every tick that was skipped was overdue by the catch-up policy's threshold when a later tick was decided.
@@ -115,6 +116,7 @@ class Report:
     checked_calm_ticks: int = 0
     skipped_ticks: int = 0
     restarts_checked: int = 0
+    settled_checked: int = 0
 
     def line(self) -> str:
         faults = ",".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
@@ -122,7 +124,7 @@ class Report:
             f"seed={self.seed} events={self.events} sim_ms={self.sim_ms} records={self.records} "
             f"decided={self.decided} dispatched={self.dispatches} resends={self.resends} "
             f"calm_ticks_checked={self.checked_calm_ticks} skipped={self.skipped_ticks} "
-            f"restart_checks={self.restarts_checked} faults[{faults}]"
+            f"restart_checks={self.restarts_checked} settled_checks={self.settled_checked} faults[{faults}]"
         )
 
 
@@ -194,6 +196,7 @@ class Simulation:
         self.any_jump = False
         self.coverage: list[tuple[int, frozenset[str]]] = [(-(10**18), frozenset())]  # entries some up node can run
         self.report = Report(seed=scenario.seed)
+        self.last_change = 0  # sim time of the latest fault or start: membership and timing may change then
         self._sessions = 0
         self._all_entries = dict(scenario.entries)
         for _ in range(scenario.nodes):
@@ -249,6 +252,7 @@ class Simulation:
         if state.to_json() != self.oracle.to_json():
             self._fail(f"{node.name} rebuilt a state from the cleaned log that differs from the oracle's")
         self.report.restarts_checked += 1
+        self.last_change = self.now
         settings = dataclasses.replace(self.sc.settings, node=node.name)
         periods = {e: self._all_entries[e] for e in node.entries}
         node.core = NodeCore(settings, node.entries, IntervalSchedule(periods), self._session_id, state=state)
@@ -434,6 +438,7 @@ class Simulation:
     # -- faults -----------------------------------------------------------------------------------------------
 
     def _fault(self) -> None:
+        self.last_change = self.now
         kind = self.rng.choice(self.FAULTS)
         up = [n for n in self.nodes if n.status == "up"]
         down = [n for n in self.nodes if n.status == "down"]
@@ -515,9 +520,19 @@ class Simulation:
     def run(self) -> Report:
         sc = self.sc
         self._push(self.rng.randint(0, 100), "fault_tick")
-        handled = 0
-        while self.queue and handled < sc.events:
+        handled = same_time = 0
+        tail_end: int | None = None  # after the event budget: no new faults until then, so that things settle
+        while self.queue:
+            if handled >= sc.events and tail_end is None:
+                # A fault acts for at most three leases (see _fault); then give the nodes time to settle.
+                settle = 3 * sc.settings.lease_ms + sc.settings.lease_ms + 3 * sc.settings.heartbeat_ms
+                tail_end = max(self.last_change, self.now) + settle
+            if tail_end is not None and self.queue[0][0] > tail_end:
+                break
             at, _seq, kind, args = heapq.heappop(self.queue)
+            same_time = same_time + 1 if at <= self.now else 0
+            if same_time > 20_000:
+                self._fail(f"no progress: events keep firing at sim time {self.now} ({kind}): a busy loop")
             self.now = max(self.now, at)
             handled += 1
             if kind == "append":
@@ -527,7 +542,7 @@ class Simulation:
                 assert isinstance(args[0], int)
                 self._on_truncate(args[0])
             elif kind == "fault_tick":
-                if self.rng.random() < sc.fault_rate * 20:
+                if tail_end is None and self.rng.random() < sc.fault_rate * 20:
                     self._fault()
                 if not any(n.status != "down" for n in self.nodes):
                     self._start(self.rng.choice(self.nodes))
@@ -551,7 +566,27 @@ class Simulation:
         self.report.events = handled
         self.report.sim_ms = self.now
         self._check_ticks()
+        self._check_settled()
         return self.report
+
+    def _check_settled(self) -> None:
+        """After a long quiet stretch, every live node owns exactly the entries the assignment gives it."""
+        s = self.sc.settings
+        quiet = s.lease_ms + 3 * s.heartbeat_ms
+        if self.any_jump or self.now - self.last_change < quiet or not self._calm(self.now - quiet, self.now):
+            return
+        ups = [n for n in self.nodes if n.status == "up" and n.core is not None and n.core.live]
+        if not ups or any(n.core is None or n.core.stopping for n in ups):
+            return
+        self.report.settled_checked += 1
+        for n in ups:
+            assert n.core is not None
+            owned = self.oracle.owned.get(n.core.session or "", set())
+            if owned != set(n.core._desired):
+                self._fail(
+                    f"{n.name} owns {sorted(owned)} but should own {sorted(n.core._desired)} after "
+                    f"{self.now - self.last_change} quiet ms"
+                )
 
     def _calm(self, start: int, end: int) -> bool:
         return not any(fs < end and start < fe for fs, fe in self.faults)

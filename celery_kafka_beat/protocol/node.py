@@ -395,6 +395,9 @@ class NodeCore:
             if not self._to_publish and not self._deciding and not self._outstanding and not self._bye_sent:
                 self._bye_sent = True
                 actions.append(self._append(wire.Goodbye(session=self.session, seq=self._next_seq()), now))
+            elif not self._bye_sent and now - self._last_sent_at >= self.settings.heartbeat_ms:
+                # Still waiting for ticks to be published: keep the lease, or they could not be published.
+                actions.append(self._append(wire.Heartbeat(session=self.session, seq=self._next_seq()), now))
             return actions
         self._reconcile()
         actions += self._flush_acks(now)
@@ -411,9 +414,18 @@ class NodeCore:
         """Local time at which :meth:`on_timer` should next run (earlier is harmless)."""
         if self.stopped or not self.live:
             return now + self.settings.heartbeat_ms
-        times = [self.lease_deadline + 1, self._last_sent_at + self.settings.heartbeat_ms]
+        times = [self.lease_deadline + 1]
         if self._to_publish:
             times.append(self.to_local(self._to_publish[0][0]) or now)
+        if self.stopping:
+            # No decisions or probes any more (the agenda may hold past times: waking for it would spin); only
+            # the decided ticks, the reports of ticks with the shell and heartbeats until the goodbye is sent.
+            if not self._bye_sent:
+                times.append(self._last_sent_at + self.settings.heartbeat_ms)
+                if self._unacked or self._outstanding:
+                    times.append(now + max(1, self.settings.heartbeat_ms // 4))
+            return max(now, min(times))
+        times.append(self._last_sent_at + self.settings.heartbeat_ms)
         if self._agenda:
             times.append(self.to_local(self._agenda[0][0]) or now)
         probe = self._probe_at()
@@ -628,9 +640,11 @@ class NodeCore:
     def _decide(self, now: int, broker_now: int) -> list[Action]:
         assert self.session is not None
         items: list[wire.DecideItem] = []
-        # Entries that should move but cannot be released yet (a tick of theirs is still to be published, perhaps
-        # by a slow publishing thread): keep deciding them meanwhile, or their ticks would fall through the gap.
-        held = {entry for _, entry, _ in self._to_publish} | {entry for entry, _ in self._outstanding}
+        # Entries that should move but cannot be released yet because a tick of theirs is with a (slow) publishing
+        # thread: keep deciding them meanwhile, or their ticks would fall through the gap. (Not for ticks merely
+        # decided and waiting for their time: with a period shorter than the decision lead there always is one,
+        # and the entry would never move.)
+        held = {entry for entry, _ in self._outstanding}
         while self._agenda and self._agenda[0][0] <= broker_now and len(items) < self.settings.max_batch:
             at, name = heapq.heappop(self._agenda)
             if self._planned.get(name) != at:

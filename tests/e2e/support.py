@@ -60,6 +60,7 @@ class Recorder:
         self.queue = queue
         self.received: list[Received] = []
         self.errors: list[str] = []
+        self.reconnects: list[str] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -76,15 +77,24 @@ class Recorder:
         self._thread.join(10)
 
     def _run(self) -> None:
-        with Connection(self.broker_url) as conn:
-            queue = Queue(self.queue, routing_key=self.queue)
-            with Consumer(conn, [queue], callbacks=[self._on_message], accept=["json"]):
-                self._ready.set()
-                while not self._stop.is_set():
-                    try:
-                        conn.drain_events(timeout=0.1)
-                    except TimeoutError:
-                        continue
+        queue = Queue(self.queue, routing_key=self.queue)
+        while not self._stop.is_set():
+            try:
+                with (
+                    Connection(self.broker_url) as conn,
+                    Consumer(conn, [queue], callbacks=[self._on_message], accept=["json"]),
+                ):
+                    self._ready.set()
+                    while not self._stop.is_set():
+                        try:
+                            conn.drain_events(timeout=0.1)
+                        except TimeoutError:
+                            continue
+            except Exception as exc:  # the broker went away (a fault under test): connect again
+                if self._stop.wait(0.1):
+                    return
+                with self._cond:
+                    self.reconnects.append(repr(exc)[:200])
 
     def _on_message(self, body: Any, message: Message) -> None:
         headers = dict(message.headers)

@@ -17,6 +17,7 @@ import ephem
 import pytest
 
 from celery_kafka_beat.devkafka import KafkaCluster
+from celery_kafka_beat.devredis import LocalRedis
 from celery_kafka_beat.scheduler import tick_task_id
 from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile
 
@@ -281,6 +282,51 @@ def test_beat_survives_losing_kafka(redis_url: str, topic_name: str, tmp_path: P
     assert not duplicates(received)
     resumed = min(r.received for r in received if r.received > restarted_at) - restarted_at
     print(f"\n[e2e] Kafka outage: dispatching resumed {resumed:.2f} s after the broker restart")
+
+
+def test_beat_survives_losing_the_celery_broker(kafka_bootstrap: str, topic_name: str, tmp_path: Path) -> None:
+    """Redis (the Celery broker) goes away for a few seconds under two replicas (at-least-once): they keep their
+    entries and keep running, and every tick that fell due meanwhile is published once Redis is back."""
+    entries = [f"r{i}" for i in range(4)]
+    with LocalRedis() as redis:
+        deploy = Deployment(
+            kafka=kafka_bootstrap,
+            broker=redis.url,
+            topic=topic_name,
+            workdir=tmp_path,
+            schedule=dict.fromkeys(entries, EVERY_SECOND),
+        )
+        try:
+            with Recorder(deploy.broker, deploy.queue) as recorder:
+                beats = [deploy.beat("c1"), deploy.beat("c2")]
+                recorder.wait(lambda rs: len(rs) >= 5 * len(entries), START_TIMEOUT_S, "ticks before the outage")
+                at_half_second()
+                down_at = time.time()
+                redis.stop()
+                time.sleep(3.0)  # the outage (a fault's duration, not synchronisation)
+                redis.start(port=redis.port)
+                up_at = time.time()
+                recorder.wait(
+                    lambda rs: all(any(r.entry == e and r.received > up_at + 2 for r in rs) for e in entries),
+                    60,
+                    "ticks of every entry after the Celery broker came back",
+                )
+                until = (int(time.time()) - 2) * 1000
+                received = recorder.wait(
+                    lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries),
+                    10,
+                    "the last ticks",
+                )
+                assert all(b.proc is not None and b.proc.poll() is None for b in beats), "a replica exited"
+        finally:
+            deploy.stop_all()
+    assert_every_tick_once(received, entries, until)
+    outage = [r for r in received if down_at * 1000 < r.tick < up_at * 1000]
+    assert outage, "no tick fell due during the outage"
+    print(
+        f"\n[e2e] Celery broker outage of {up_at - down_at:.1f} s: {len(outage)} ticks due meanwhile, all published "
+        f"after it, the last {max(r.lateness_ms for r in outage) / 1000:.1f} s late at most"
+    )
 
 
 def solar_noon_longitude(at: datetime) -> float:

@@ -104,3 +104,22 @@ def test_a_publishing_thread_that_skips_the_lease_check_is_caught(mutate: pytest
     mutate.setattr(node_module.NodeCore, "can_publish", lambda self, session, entry, epoch, now: True)
     violation = _first_violation(range(1000))
     assert violation is not None
+
+
+def test_an_entry_that_never_moves_to_its_new_owner_is_caught(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: a node keeps deciding an entry it should hand over as long as a decided tick of it waits for its
+    time; with periods shorter than the decision lead the entry never moves (the settled-ownership check)."""
+    original = node_module.NodeCore._decide
+
+    def clinging(self: node_module.NodeCore, now: int, broker_now: int) -> list[node_module.Action]:
+        saved = self._desired
+        self._desired = saved | {entry for _, entry, _ in self._to_publish}
+        try:
+            return original(self, now, broker_now)
+        finally:
+            self._desired = saved
+
+    mutate.setattr(node_module.NodeCore, "_decide", clinging)
+    violation = _first_violation(range(300))
+    assert violation is not None
+    assert "should own" in violation
