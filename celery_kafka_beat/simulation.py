@@ -289,7 +289,8 @@ class Simulation:
                     delay = self.shell_rng.randint(0, 5) if roll < 0.8 else self.shell_rng.randint(5, 300)
                     if roll > 0.98:
                         delay = self.shell_rng.randint(self.sc.settings.lease_ms // 2, 2 * self.sc.settings.lease_ms)
-                    self._push(self.now + delay, "publish", node.index, node.generation, action)
+                    oldest = node.read_times[0] if node.read_times else 0  # the estimate it was due by
+                    self._push(self.now + delay, "publish", node.index, node.generation, action, oldest)
                     continue
                 self._dispatch(node, action)
                 node.core.on_dispatched(action.entry, action.tick)
@@ -311,7 +312,7 @@ class Simulation:
         _key, value = wire.encode(record)
         self._push(at, "append", value)
 
-    def _dispatch(self, node: _SimNode, action: Dispatch) -> None:
+    def _dispatch(self, node: _SimNode, action: Dispatch, oldest_read: int | None = None) -> None:
         key = (action.entry, action.tick)
         self.report.dispatches += 1
         self.report.resends += action.resend
@@ -319,7 +320,9 @@ class Simulation:
         earlier.append((action.session, action.resend, self.now))
         # Node clocks run up to 0.5 % fast here, so the estimate may run ahead by that much since the oldest record
         # it is built from (real clocks drift by parts per million).
-        oldest = node.read_times[0] if node.read_times else 0
+        if oldest_read is None:
+            oldest_read = node.read_times[0] if node.read_times else 0
+        oldest = oldest_read
         early_tolerance = 2 + int(0.006 * (self.now - oldest))
         if not self.any_jump and self.now + self.broker_offset + early_tolerance < action.tick:
             self._fail(f"{node.name} dispatched {key} {action.tick - self.now - self.broker_offset} ms early")
@@ -341,16 +344,16 @@ class Simulation:
         elif any(s == action.session for s, r, _ in earlier[:-1]):
             self._fail(f"{node.name} re-sent {key} twice")
 
-    def _on_publish(self, node: _SimNode, action: Dispatch) -> None:
+    def _on_publish(self, node: _SimNode, action: Dispatch, oldest_read: int) -> None:
         """The publishing thread of a deferred node: check the lease and ownership, publish, report."""
         if node.core is None:
             return
         if node.status == "paused":
-            self._push(self.now + 50, "publish", node.index, node.generation, action)  # the whole process is frozen
+            self._push(self.now + 50, "publish", node.index, node.generation, action, oldest_read)  # frozen process
             return
         local = self._local(node)
         if node.core.can_publish(action.session, action.entry, action.epoch, local):
-            self._dispatch(node, action)
+            self._dispatch(node, action, oldest_read)
             node.core.on_dispatched(action.entry, action.tick)
             self._execute(node, node.core.flush_acks(local))
         else:
@@ -465,6 +468,7 @@ class Simulation:
             assert node.core is not None
             node.stop_deadline = self.now + 5 * lease
             self._execute(node, node.core.stop(self._local(node)))
+            self._covered()
             self._after_step(node)
         elif kind == "join" and len(self.nodes) < 8:
             self._add_node(frozenset(self.sc.entries))
@@ -562,7 +566,8 @@ class Simulation:
                     self._on_resume(node)
                 elif kind == "publish":
                     assert isinstance(args[2], Dispatch)
-                    self._on_publish(node, args[2])
+                    assert isinstance(args[3], int)
+                    self._on_publish(node, args[2], args[3])
         self.report.events = handled
         self.report.sim_ms = self.now
         self._check_ticks()
@@ -646,7 +651,10 @@ class Simulation:
                 tick += period
 
     def _covered(self) -> None:
-        entries = frozenset(e for n in self.nodes if n.status == "up" for e in n.entries)
+        # A stopping node makes no new decisions: it no longer covers its entries.
+        entries = frozenset(
+            e for n in self.nodes if n.status == "up" and n.core is not None and not n.core.stopping for e in n.entries
+        )
         if entries != self.coverage[-1][1]:
             self.coverage.append((self.now, entries))
 
