@@ -467,6 +467,10 @@ class Simulation:
             node = self.rng.choice(up)
             assert node.core is not None
             node.stop_deadline = self.now + 5 * lease
+            if node.deferred:
+                # Its goodbye waits for its publishing thread, which may be slow (up to two leases here): ticks
+                # that fall due meanwhile may be handed over late. (A fast one, as in KafkaScheduler, takes ms.)
+                self._mark(self.now, self.now + 3 * lease)
             self._execute(node, node.core.stop(self._local(node)))
             self._covered()
             self._after_step(node)

@@ -267,6 +267,10 @@ class NodeCore:
             return None
         return now + max(self._offsets)
 
+    def _local_or(self, broker_ms: int, default: int) -> int:
+        local = self.to_local(broker_ms)
+        return default if local is None else local  # (not `or`: 0 is a valid local time)
+
     def to_local(self, broker_ms: int) -> int | None:
         if not self._offsets:
             return None
@@ -416,7 +420,7 @@ class NodeCore:
             return now + self.settings.heartbeat_ms
         times = [self.lease_deadline + 1]
         if self._to_publish:
-            times.append(self.to_local(self._to_publish[0][0]) or now)
+            times.append(self._local_or(self._to_publish[0][0], now))
         if self.stopping:
             # No decisions or probes any more (the agenda may hold past times: waking for it would spin); only
             # the decided ticks, the reports of ticks with the shell and heartbeats until the goodbye is sent.
@@ -427,7 +431,7 @@ class NodeCore:
             return max(now, min(times))
         times.append(self._last_sent_at + self.settings.heartbeat_ms)
         if self._agenda:
-            times.append(self.to_local(self._agenda[0][0]) or now)
+            times.append(self._local_or(self._agenda[0][0], now))
         probe = self._probe_at()
         if probe is not None:
             times.append(probe)
