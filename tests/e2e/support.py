@@ -139,6 +139,30 @@ class Recorder:
             return list(self.received)
 
 
+def missing_ticks(received: Iterable[Received], entries: Iterable[str], until_ms: int) -> dict[str, list[int]]:
+    """Per entry, the ticks of its 1 s series (from its first tick received up to ``until_ms``) not received."""
+    ticks: dict[str, set[int]] = {}
+    for r in received:
+        ticks.setdefault(r.entry, set()).add(r.tick)
+    missing: dict[str, list[int]] = {}
+    for entry in entries:
+        mine = ticks.get(entry)
+        gaps = sorted(set(range(min(mine), until_ms + 1, 1000)) - mine) if mine else [until_ms]
+        if gaps:
+            missing[entry] = gaps
+    return missing
+
+
+def wait_complete(recorder: Recorder, entries: list[str], until_ms: int, timeout: float = 15.0) -> list[Received]:
+    """Wait until every entry's series is complete up to ``until_ms`` (a tick re-sent after a failure may arrive
+    after later ones); then return what was received. On timeout return it anyway: the caller's assertions say
+    what is missing."""
+    try:
+        return recorder.wait(lambda rs: not missing_ticks(rs, entries, until_ms), timeout, "every tick")
+    except AssertionError:
+        return recorder.snapshot()
+
+
 def duplicates(received: Iterable[Received]) -> dict[tuple[str, int], int]:
     counts = Counter((r.entry, r.tick) for r in received)
     return {key: n for key, n in counts.items() if n > 1}

@@ -19,7 +19,7 @@ import pytest
 from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.devredis import LocalRedis
 from celery_kafka_beat.scheduler import tick_task_id
-from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile
+from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile, wait_complete
 
 #: Entries every second with Celery's relative=True: ticks fall on whole seconds, so a test can pick a moment
 #: (half past a second) when no replica is between deciding a tick and confirming its publish.
@@ -145,9 +145,7 @@ def test_three_replicas_survive_sigkill_and_sigterm_of_the_owner(deploy: Deploym
 
         recorder.wait(lambda rs: time.time() - started > 65, 40, "65 s of ticks")
         until = (int(time.time()) - 2) * 1000
-        received = recorder.wait(
-            lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
-        )
+        received = wait_complete(recorder, entries, until)
 
     assert not recorder.errors
     assert_every_tick_once(received, entries, until)
@@ -187,9 +185,12 @@ def test_full_restart_neither_repeats_nor_loses(deploy: Deployment, catchup: str
         deploy.beat("r4")
         recorder.wait(lambda rs: len(rs) >= before + 5 * len(entries), START_TIMEOUT_S, "ticks after the restart")
         until = (int(time.time()) - 2) * 1000
-        received = recorder.wait(
-            lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
-        )
+        if catchup == "all":
+            received = wait_complete(recorder, entries, until)
+        else:
+            received = recorder.wait(
+                lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
+            )
     assert {r.node for r in received if r.received > stopped_at} <= {"r3", "r4"}
     if catchup == "all":
         assert_every_tick_once(received, entries, until)  # the ticks of the downtime ran late, once each
@@ -231,9 +232,7 @@ def test_worker_beat_on_two_workers(deploy: Deployment) -> None:
         handover = time.time() - termed_at
         workers["w1"].wait(30)
         until = (int(time.time()) - 2) * 1000
-        received = recorder.wait(
-            lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries), 10, "the last ticks"
-        )
+        received = wait_complete(recorder, entries, until)
     print(f"\n[e2e] worker -B: {len(received)} ticks, handover of {len(mine)} entries in {handover * 1000:.0f} ms")
     assert mine
     assert handover < 2.5  # within a second or two of the signal, not the 3 s lease
@@ -312,11 +311,7 @@ def test_beat_survives_losing_the_celery_broker(kafka_bootstrap: str, topic_name
                     "ticks of every entry after the Celery broker came back",
                 )
                 until = (int(time.time()) - 2) * 1000
-                received = recorder.wait(
-                    lambda rs: all(any(r.tick >= until and r.entry == e for r in rs) for e in entries),
-                    10,
-                    "the last ticks",
-                )
+                received = wait_complete(recorder, entries, until)
                 assert all(b.proc is not None and b.proc.poll() is None for b in beats), "a replica exited"
         finally:
             deploy.stop_all()
