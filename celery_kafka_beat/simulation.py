@@ -358,7 +358,7 @@ class Simulation:
             self._execute(node, node.core.flush_acks(local))
         else:
             self._log(f"{node.name} did not publish {action.entry}@{action.tick}: no longer its owner")
-            node.core.on_dispatch_failed(action.entry, action.tick)
+            node.core.on_dispatch_failed(action.entry, action.tick, action.session)
         if node.status == "up":
             self._after_step(node)
 
@@ -625,6 +625,18 @@ class Simulation:
                             f"tick {t_b} was decided (policy {s.catchup.value})"
                         )
                     skipped = schedule.next_tick(entry, t_a, skipped)
+        # At-least-once: every decided tick is published by someone in the end (the tail gives the time), unless
+        # no live node can run its entry any more.
+        if s.delivery is DeliveryMode.AT_LEAST_ONCE and not self.any_jump:
+            runnable_now = self.coverage[-1][1]
+            for (entry, tick), (_s, _e, _o, ts) in self.decisions.items():
+                if (
+                    entry in runnable_now
+                    and ts - self.broker_offset < self.last_change
+                    and (entry, tick) not in (self.dispatched)
+                ):
+                    self._fail(f"tick ({entry}, {tick}) was decided (at-least-once) but never published")
+                    return
         # Calm stretches: every tick of an entry that some up node can run must be decided, within grace.
         if self.any_jump:
             return  # broker time and sim time part ways after a jump: lateness is not comparable

@@ -89,6 +89,9 @@ class Decide:
     session: str
     seq: int
     items: tuple[DecideItem, ...]
+    ack: bool = False
+    """The decider confirms each publish with a ``published`` record (at-least-once mode): until it does, a tick
+    counts as unconfirmed and the entry's next owner publishes it again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +165,8 @@ def encode(record: Record) -> tuple[bytes, bytes]:
             body["i"] = [list(item) for item in record.items]
         case Decide():
             body["i"] = [[i.entry, i.epoch, i.tick] for i in record.items]
+            if record.ack:
+                body["a"] = 1
         case CatalogPart():
             body.update(d=record.digest, p=record.part, n=record.parts, data=record.data)
         case SnapshotPart():
@@ -210,7 +215,11 @@ def decode(value: bytes | None) -> Record:
                 return Release(session=session, seq=seq, items=items)
             return Published(session=session, seq=seq, items=items)
         case "decide":
-            return Decide(session=session, seq=seq, items=tuple(_decide_item(i) for i in _list(body, "i")))
+            ack = body.get("a", 0)
+            if ack not in (0, 1) or isinstance(ack, bool):
+                raise WireError(f"field 'a' must be 0 or 1, got {ack!r}")
+            decided = tuple(_decide_item(i) for i in _list(body, "i"))
+            return Decide(session=session, seq=seq, items=decided, ack=ack == 1)
         case "bye":
             return Goodbye(session=session, seq=seq)
         case "catalog":

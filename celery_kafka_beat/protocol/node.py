@@ -286,6 +286,7 @@ class NodeCore:
         self._sent.clear()
         self._bye_sent = False
         self._released.clear()
+        self._resent.clear()  # a new session re-sends whatever is still unconfirmed when it owns the entry
         actions: list[Action] = [Note("info", f"session {self.session} starting")]
         if self.catalog not in self.state.catalogs:
             actions += self._catalog_parts(now)
@@ -445,10 +446,14 @@ class NodeCore:
         if self.settings.delivery is DeliveryMode.AT_LEAST_ONCE and self.live:
             self._unacked.append((entry, tick))
 
-    def on_dispatch_failed(self, entry: str, tick: int) -> None:
+    def on_dispatch_failed(self, entry: str, tick: int, session: str | None = None) -> None:
         """The shell could not (or chose not to) publish the tick: it stays unacknowledged, so in at-least-once
-        mode the next owner publishes it again."""
+        mode the next owner publishes it again. ``session``: the one the tick was handed out under; a report about
+        an earlier session's tick changes nothing (this session may have re-sent that tick meanwhile)."""
+        if session is not None and session != self.session:
+            return
         self._outstanding.discard((entry, tick))
+        self._resent.discard((entry, tick))  # a re-send that did not go out may be tried again
 
     def flush_acks(self, now: int) -> list[Action]:
         """Say at once which ticks were published (rather than at the next timer): shortens the window in which
@@ -627,14 +632,13 @@ class NodeCore:
         actions: list[Action] = []
         for name in sorted(self.state.owned.get(self.session, ())):
             entry = self.state.entries[name]
-            if entry.last_tick is None or entry.published or entry.last_session == self.session:
-                continue
-            key = (name, entry.last_tick)
-            if key in self._resent or entry.last_tick > broker_now:
-                continue
-            self._resent.add(key)
-            self._outstanding.add(key)
-            actions.append(Dispatch(name, entry.last_tick, self.session, entry.epoch, resend=True))
+            for tick, decider in entry.unconfirmed:
+                key = (name, tick)
+                if decider == self.session or key in self._resent or tick > broker_now:
+                    continue
+                self._resent.add(key)
+                self._outstanding.add(key)
+                actions.append(Dispatch(name, tick, self.session, entry.epoch, resend=True))
         return actions
 
     def _schedule_plan(self, name: str, at: int) -> None:
@@ -672,7 +676,8 @@ class NodeCore:
                 self._schedule_plan(name, again)
         if not items:
             return []
-        return [self._append(wire.Decide(session=self.session, seq=self._next_seq(), items=tuple(items)), now)]
+        ack = self.settings.delivery is DeliveryMode.AT_LEAST_ONCE
+        return [self._append(wire.Decide(session=self.session, seq=self._next_seq(), items=tuple(items), ack=ack), now)]
 
     def _needs_heartbeat(self, now: int) -> bool:
         if now - self._last_sent_at >= self.settings.heartbeat_ms:

@@ -54,6 +54,9 @@ class EntryState:
     last_epoch: int = -1
     last_offset: int = -1
     published: bool = False
+    unconfirmed: list[tuple[int, str]] = field(default_factory=list)
+    """(tick, deciding session) of ticks decided in at-least-once mode and not yet confirmed, oldest first (at most
+    ``MAX_UNCONFIRMED``): the entry's next owner publishes them again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,10 @@ class Outcome:
     granted: tuple[str, ...] = ()
     decided: tuple[wire.DecideItem, ...] = ()
 
+
+#: Bound on the unconfirmed ticks kept per entry (a Celery broker down for a long time, or an entry ticking many
+#: times a second): beyond it the oldest are forgotten, and not published again by a next owner.
+MAX_UNCONFIRMED: Final = 1000
 
 INVALID: Final = Outcome(valid=False)
 VALID: Final = Outcome(valid=True)
@@ -223,14 +230,21 @@ class ClusterState:
                 continue
             entry.last_tick, entry.last_session, entry.last_epoch = item.tick, record.session, item.epoch
             entry.last_offset, entry.published = offset, False
+            if record.ack:
+                entry.unconfirmed.append((item.tick, record.session))
+                del entry.unconfirmed[:-MAX_UNCONFIRMED]
             decided.append(item)
         return Outcome(valid=True, decided=tuple(decided))
 
     def _confirm(self, record: wire.Published) -> None:
         for name, tick in record.items:
             entry = self.entries.get(name)
-            if entry is not None and entry.last_tick == tick:
+            if entry is None:
+                continue
+            if entry.last_tick == tick:
                 entry.published = True
+            if entry.unconfirmed:
+                entry.unconfirmed = [u for u in entry.unconfirmed if u[0] != tick]
 
     def _disown(self, name: str, entry: EntryState) -> None:
         assert entry.owner is not None
@@ -284,9 +298,10 @@ class ClusterState:
                     e.last_epoch,
                     e.last_offset,
                     e.published,
+                    [list(u) for u in e.unconfirmed],
                 ]
                 for name, e in self.entries.items()
-                if e.owner is not None or e.anchor is not None or e.last_tick is not None
+                if e.owner is not None or e.anchor is not None or e.last_tick is not None or e.unconfirmed
             ),
             "catalogs": sorted([d, sorted(names)] for d, names in self.catalogs.items()),
             "partial": sorted(
@@ -307,7 +322,10 @@ class ClusterState:
                 )
             # Oldest first, as a live fold inserts them: _expire relies on it.
             state.ended = {str(sid): int(t) for sid, t in sorted(body["ended"], key=lambda p: (p[1], p[0]))}
-            for name, owner, epoch, anchor, last, last_s, last_e, last_o, published in body["entries"]:
+            for row in body["entries"]:
+                # Snapshots written before unconfirmed ticks were tracked have nine fields.
+                name, owner, epoch, anchor, last, last_s, last_e, last_o, published = row[:9]
+                unconfirmed = [(int(t), str(sid)) for t, sid in (row[9] if len(row) > 9 else [])]
                 state.entries[str(name)] = EntryState(
                     owner=None if owner is None else str(owner),
                     epoch=int(epoch),
@@ -317,6 +335,7 @@ class ClusterState:
                     last_epoch=int(last_e),
                     last_offset=int(last_o),
                     published=bool(published),
+                    unconfirmed=unconfirmed,
                 )
                 if owner is not None:
                     state.owned.setdefault(str(owner), set()).add(str(name))

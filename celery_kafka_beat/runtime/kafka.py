@@ -451,10 +451,11 @@ class KafkaNode:
             return core is not None and core.can_publish(tick.session, tick.entry, tick.epoch, self._clock())
 
     def confirm(self, tick: Dispatch) -> None:
-        """``tick`` was published (``ack_on_return=False``): record it in the log at once."""
+        """``tick`` was published (``ack_on_return=False``): record it in the log at once (even if it was handed
+        out under an earlier session of this node: a confirmation is a fact, and spares the next owner a re-send)."""
         with self._lock:
             core = self._core
-            if core is None or core.session != tick.session:
+            if core is None:
                 return
             core.on_dispatched(tick.entry, tick.tick)
             self._execute(core, core.flush_acks(self._clock()))
@@ -463,8 +464,8 @@ class KafkaNode:
         """``tick`` was not published (``ack_on_return=False``); at-least-once mode leaves it to the next owner."""
         with self._lock:
             core = self._core
-            if core is not None and core.session == tick.session:
-                core.on_dispatch_failed(tick.entry, tick.tick)
+            if core is not None:
+                core.on_dispatch_failed(tick.entry, tick.tick, tick.session)
 
     def wait_live(self, timeout: float) -> bool:
         """Wait until the node's session is live; False on timeout or if the node's thread ended."""

@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from celery_kafka_beat import wire
+from celery_kafka_beat.protocol import DeliveryMode
 from celery_kafka_beat.protocol import node as node_module
 from celery_kafka_beat.simulation import InvariantViolation, Simulation, make_scenario, run_range, run_seed
 
@@ -123,3 +124,29 @@ def test_an_entry_that_never_moves_to_its_new_owner_is_caught(mutate: pytest.Mon
     violation = _first_violation(range(300))
     assert violation is not None
     assert "should own" in violation
+
+
+def test_a_next_owner_that_resends_only_the_last_decided_tick_is_caught(mutate: pytest.MonkeyPatch) -> None:
+    """Mutation: at-least-once re-sends only each entry's last decided tick, not every unconfirmed one (how it
+    worked before unconfirmed ticks were tracked)."""
+
+    def last_only(self: node_module.NodeCore, broker_now: int) -> list[node_module.Action]:
+        if self.settings.delivery is not DeliveryMode.AT_LEAST_ONCE or self.session is None:
+            return []
+        actions: list[node_module.Action] = []
+        for name in sorted(self.state.owned.get(self.session, ())):
+            entry = self.state.entries[name]
+            if entry.last_tick is None or entry.published or entry.last_session == self.session:
+                continue
+            key = (name, entry.last_tick)
+            if key in self._resent or entry.last_tick > broker_now:
+                continue
+            self._resent.add(key)
+            self._outstanding.add(key)
+            actions.append(node_module.Dispatch(name, entry.last_tick, self.session, entry.epoch, resend=True))
+        return actions
+
+    mutate.setattr(node_module.NodeCore, "_resend", last_only)
+    violation = _first_violation(range(1000))
+    assert violation is not None
+    assert "never published" in violation

@@ -4,20 +4,31 @@ that waits for the shell to report every tick it was handed."""
 from __future__ import annotations
 
 from celery_kafka_beat import wire
-from celery_kafka_beat.protocol import Action, Append, DeliveryMode, Dispatch, NodeCore, NodeSettings
+from celery_kafka_beat.protocol import Action, Append, ClusterState, DeliveryMode, Dispatch, NodeCore, NodeSettings
 from celery_kafka_beat.protocol.schedules import IntervalSchedule
+from celery_kafka_beat.protocol.state import catalog_digest
 
 
 class Loopback:
     """One node whose appends are read back at once, in order, with the broker clock equal to local time."""
 
-    def __init__(self, delivery: DeliveryMode = DeliveryMode.AT_LEAST_ONCE, entries: int = 1) -> None:
+    def __init__(
+        self,
+        delivery: DeliveryMode = DeliveryMode.AT_LEAST_ONCE,
+        entries: int = 1,
+        history: list[wire.Record] | None = None,
+    ) -> None:
         settings = NodeSettings(node="n1", delivery=delivery)
         names = ["a"] + [f"x{i}" for i in range(1, entries)]
-        self.core = NodeCore(settings, names, IntervalSchedule(dict.fromkeys(names, 1000)), lambda: "s1")
         self.now = 1_000_000
         self.offset = -1
         self.log: list[wire.Record] = []
+        state = ClusterState()
+        for record in history or []:  # what others wrote before this node started
+            self.offset += 1
+            self.log.append(record)
+            state.apply(self.offset, self.now, record)
+        self.core = NodeCore(settings, names, IntervalSchedule(dict.fromkeys(names, 1000)), lambda: "s1", state)
         self.dispatched: list[Dispatch] = []
         self.drop: type[wire.Record] | None = None
         """Appends of this record type are lost."""
@@ -136,3 +147,45 @@ def test_a_claim_given_up_is_never_used_again_even_when_its_release_was_lost() -
         assert owner != epochs[name], f"{name} is still held under the claim that was given up"
         recent = [d for d in node.dispatched if d.entry == name and d.epoch == owner[1]]
         assert recent, f"{name} is not dispatched again under its new claim"
+
+
+def test_the_next_owner_publishes_again_every_unconfirmed_tick_of_a_batch() -> None:
+    """At-least-once: the previous owner decided three ticks in one record (catch-up 'all') and confirmed only the
+    first before it ended; the next owner publishes the other two again, with resend set, and not the first."""
+    digest, data = catalog_digest(["a"])
+    item = wire.DecideItem
+    history: list[wire.Record] = [
+        wire.CatalogPart(session="s0", seq=1, digest=digest, part=0, parts=1, data=data),
+        wire.Hello(session="s0", seq=2, node="n0", lease_ms=3000, catalog=digest),
+        wire.Claim(session="s0", seq=3, entries=("a",)),  # offset 2: the epoch
+        wire.Decide(
+            session="s0",
+            seq=4,
+            items=(
+                item(entry="a", epoch=2, tick=1000),
+                item(entry="a", epoch=2, tick=2000),
+                item(entry="a", epoch=2, tick=3000),
+            ),
+            ack=True,
+        ),
+        wire.Published(session="s0", seq=5, items=(("a", 1000),)),
+        wire.Goodbye(session="s0", seq=6),
+    ]
+    node = Loopback(history=history)
+    assert [t for t, _ in node.core.state.entries["a"].unconfirmed] == [2000, 3000]
+    node.advance(500)
+    resent = sorted(d.tick for d in node.dispatched if d.resend)
+    assert resent == [2000, 3000]
+    for d in node.dispatched:
+        node.core.on_dispatched(d.entry, d.tick)
+    node.run(node.core.flush_acks(node.now))
+    assert node.core.state.entries["a"].unconfirmed == []
+
+
+def test_at_most_once_decisions_leave_nothing_to_publish_again() -> None:
+    node = Loopback(delivery=DeliveryMode.AT_MOST_ONCE)
+    node.first_tick()
+    decides = [r for r in node.log if isinstance(r, wire.Decide)]
+    assert decides
+    assert not any(r.ack for r in decides)
+    assert node.core.state.entries["a"].unconfirmed == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from celery_kafka_beat import wire
@@ -109,6 +111,23 @@ def test_a_confirmation_counts_even_from_a_session_that_has_ended() -> None:
     assert not outcome.valid  # type: ignore[attr-defined]
     assert log.state.entries["a"].published
     assert "s1" not in log.state.sessions
+
+
+def test_unconfirmed_ticks_are_kept_until_confirmed_and_survive_a_snapshot() -> None:
+    log = Log()
+    log.join(0, "s1")
+    epoch, _ = log.add(10, wire.Claim(session="s1", seq=log.q(), entries=("a",)))
+    items = tuple(wire.DecideItem(entry="a", epoch=epoch, tick=t) for t in (100, 200, 300))
+    log.add(20, wire.Decide(session="s1", seq=log.q(), items=items, ack=True))
+    log.add(21, wire.Published(session="s1", seq=log.q(), items=(("a", 200),)))
+    assert log.state.entries["a"].unconfirmed == [(100, "s1"), (300, "s1")]
+    again = ClusterState.from_json(log.state.to_json())
+    assert again.entries["a"].unconfirmed == [(100, "s1"), (300, "s1")]
+    assert again.to_json() == log.state.to_json()
+    # A snapshot from before unconfirmed ticks were tracked (nine fields per entry) still loads.
+    old = json.loads(log.state.to_json())
+    old["entries"] = [row[:9] for row in old["entries"]]
+    assert ClusterState.from_json(json.dumps(old)).entries["a"].unconfirmed == []
 
 
 def test_a_release_only_ends_the_claim_it_names() -> None:

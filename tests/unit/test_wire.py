@@ -92,3 +92,12 @@ def test_structured_garbage_of_every_kind_only_raises_wire_errors(kind: str, fie
     except wire.WireError:
         return
     assert wire.decode(wire.encode(record)[1]) == record
+
+
+def test_a_decide_says_whether_its_publishes_will_be_confirmed() -> None:
+    item = wire.DecideItem(entry="e", epoch=3, tick=5)
+    for ack in (False, True):
+        record = wire.Decide(session="s", seq=1, items=(item,), ack=ack)
+        assert wire.decode(wire.encode(record)[1]) == record
+    with pytest.raises(wire.WireError, match="'a' must be 0 or 1"):
+        wire.decode(b'{"ckb":1,"k":"decide","s":"s","q":1,"i":[],"a":2}')
