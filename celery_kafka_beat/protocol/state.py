@@ -54,7 +54,7 @@ class EntryState:
     last_epoch: int = -1
     last_offset: int = -1
     published: bool = False
-    unconfirmed: list[tuple[int, str]] = field(default_factory=list)
+    unconfirmed: tuple[tuple[int, str], ...] = ()  # a tuple: the empty one is shared (100,000 entries cost nothing)
     """(tick, deciding session) of ticks decided in at-least-once mode and not yet confirmed, oldest first (at most
     ``MAX_UNCONFIRMED``): the entry's next owner publishes them again."""
 
@@ -231,8 +231,7 @@ class ClusterState:
             entry.last_tick, entry.last_session, entry.last_epoch = item.tick, record.session, item.epoch
             entry.last_offset, entry.published = offset, False
             if record.ack:
-                entry.unconfirmed.append((item.tick, record.session))
-                del entry.unconfirmed[:-MAX_UNCONFIRMED]
+                entry.unconfirmed = (*entry.unconfirmed, (item.tick, record.session))[-MAX_UNCONFIRMED:]
             decided.append(item)
         return Outcome(valid=True, decided=tuple(decided))
 
@@ -244,7 +243,7 @@ class ClusterState:
             if entry.last_tick == tick:
                 entry.published = True
             if entry.unconfirmed:
-                entry.unconfirmed = [u for u in entry.unconfirmed if u[0] != tick]
+                entry.unconfirmed = tuple(u for u in entry.unconfirmed if u[0] != tick)
 
     def _disown(self, name: str, entry: EntryState) -> None:
         assert entry.owner is not None
@@ -325,7 +324,7 @@ class ClusterState:
             for row in body["entries"]:
                 # Snapshots written before unconfirmed ticks were tracked have nine fields.
                 name, owner, epoch, anchor, last, last_s, last_e, last_o, published = row[:9]
-                unconfirmed = [(int(t), str(sid)) for t, sid in (row[9] if len(row) > 9 else [])]
+                unconfirmed = tuple((int(t), str(sid)) for t, sid in (row[9] if len(row) > 9 else []))
                 state.entries[str(name)] = EntryState(
                     owner=None if owner is None else str(owner),
                     epoch=int(epoch),

@@ -179,7 +179,7 @@ def test_the_next_owner_publishes_again_every_unconfirmed_tick_of_a_batch() -> N
     for d in node.dispatched:
         node.core.on_dispatched(d.entry, d.tick)
     node.run(node.core.flush_acks(node.now))
-    assert node.core.state.entries["a"].unconfirmed == []
+    assert node.core.state.entries["a"].unconfirmed == ()
 
 
 def test_at_most_once_decisions_leave_nothing_to_publish_again() -> None:
@@ -188,4 +188,4 @@ def test_at_most_once_decisions_leave_nothing_to_publish_again() -> None:
     decides = [r for r in node.log if isinstance(r, wire.Decide)]
     assert decides
     assert not any(r.ack for r in decides)
-    assert node.core.state.entries["a"].unconfirmed == []
+    assert node.core.state.entries["a"].unconfirmed == ()

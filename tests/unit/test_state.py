@@ -120,14 +120,14 @@ def test_unconfirmed_ticks_are_kept_until_confirmed_and_survive_a_snapshot() -> 
     items = tuple(wire.DecideItem(entry="a", epoch=epoch, tick=t) for t in (100, 200, 300))
     log.add(20, wire.Decide(session="s1", seq=log.q(), items=items, ack=True))
     log.add(21, wire.Published(session="s1", seq=log.q(), items=(("a", 200),)))
-    assert log.state.entries["a"].unconfirmed == [(100, "s1"), (300, "s1")]
+    assert log.state.entries["a"].unconfirmed == ((100, "s1"), (300, "s1"))
     again = ClusterState.from_json(log.state.to_json())
-    assert again.entries["a"].unconfirmed == [(100, "s1"), (300, "s1")]
+    assert again.entries["a"].unconfirmed == ((100, "s1"), (300, "s1"))
     assert again.to_json() == log.state.to_json()
     # A snapshot from before unconfirmed ticks were tracked (nine fields per entry) still loads.
     old = json.loads(log.state.to_json())
     old["entries"] = [row[:9] for row in old["entries"]]
-    assert ClusterState.from_json(json.dumps(old)).entries["a"].unconfirmed == []
+    assert ClusterState.from_json(json.dumps(old)).entries["a"].unconfirmed == ()
 
 
 def test_a_release_only_ends_the_claim_it_names() -> None:
