@@ -289,6 +289,10 @@ class Simulation:
                     delay = self.shell_rng.randint(0, 5) if roll < 0.8 else self.shell_rng.randint(5, 300)
                     if roll > 0.98:
                         delay = self.shell_rng.randint(self.sc.settings.lease_ms // 2, 2 * self.sc.settings.lease_ms)
+                    if delay > self.sc.settings.decision_lead_ms:
+                        # A publishing thread stuck for longer than the decision lead is a fault (a slow Celery
+                        # broker): an entry being handed over meanwhile may miss ticks, by the catch-up policy.
+                        self._mark(self.now, self.now + delay)
                     oldest = node.read_times[0] if node.read_times else 0  # the estimate it was due by
                     self._push(self.now + delay, "publish", node.index, node.generation, action, oldest)
                     continue
