@@ -52,12 +52,8 @@ class LocalRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def restart(self) -> None:
-        """Stop the server and start a new one on the same port (an outage of the Celery broker; nothing is kept)."""
-        self.stop()
-        self.start(port=self.port)
-
     def start(self, port: int | None = None) -> LocalRedis:
+        """Start redis-server, on ``port`` if given (a restart after :meth:`stop`), else on a free port."""
         binary = shutil.which("redis-server") or next(
             (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if Path(p).exists()), None
         )

@@ -24,7 +24,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Final
@@ -79,8 +78,6 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         self._terminating = threading.Event()
         self._closed = False
         self._owned_logged: frozenset[str] | None = None
-        self.published = 0
-        """Ticks this scheduler published (for tests and the banner)."""
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -237,7 +234,6 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
                 node.abort(tick)
             return
         node.confirm(tick)
-        self.published += 1
         entry.last_run_at = datetime.fromtimestamp(tick.tick / 1000, UTC)
         entry.total_run_count += 1
         log.info(
@@ -325,9 +321,3 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
             owned = node.owned
             lines.append(f"kafka-beat: owned -> {len(owned)}: {', '.join(sorted(owned)) or 'none yet'}")
         return "\n".join(f"    . {line}" for line in lines)
-
-    def owned_entries(self) -> Mapping[str, Any]:
-        """The entries this replica owns right now (name -> ScheduleEntry)."""
-        node = self._node
-        owned = node.owned if node is not None else frozenset()
-        return {name: entry for name, entry in self.schedule.items() if name in owned}

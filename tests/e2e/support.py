@@ -275,52 +275,32 @@ class Deployment:
         env.update(extra)
         return env
 
-    def beat(self, name: str, scheduler: str = "kafka", *, start: bool = True) -> CeleryProc:
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            APP,
-            "beat",
-            "-S",
-            scheduler,
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(self.workdir / f"{name}.schedule"),
-        ]  # unused by KafkaScheduler
+    def _celery(self, name: str, *args: str) -> CeleryProc:
+        argv = [sys.executable, "-m", "celery", "-A", APP, *args, "--loglevel", "INFO"]
+        argv += ["--schedule", str(self.workdir / f"{name}.schedule")]  # unused by KafkaScheduler
         proc = CeleryProc(name, argv, self.env(name), self.workdir / f"{name}.log")
         self.procs.append(proc)
-        return proc.start() if start else proc
+        return proc.start()
+
+    def beat(self, name: str, scheduler: str = "kafka") -> CeleryProc:
+        return self._celery(name, "beat", "-S", scheduler)
 
     def worker_with_beat(self, name: str) -> CeleryProc:
         """``celery worker -B --scheduler kafka`` consuming another queue than the ticks' (the recorder reads those).
         (The worker's ``-S`` is ``--statedb``, not the scheduler.)"""
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            APP,
+        return self._celery(
+            name,
             "worker",
             "-B",
             "--scheduler",
             "kafka",
-            "--loglevel",
-            "INFO",
             "--pool",
             "solo",
             "-Q",
             f"{self.queue}-work",
             "-n",
             f"{name}@%h",
-            "--schedule",
-            str(self.workdir / f"{name}.schedule"),
-        ]
-        proc = CeleryProc(name, argv, self.env(name), self.workdir / f"{name}.log")
-        self.procs.append(proc)
-        return proc.start()
+        )
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -19,7 +19,7 @@ import pytest
 from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.devredis import LocalRedis
 from celery_kafka_beat.scheduler import tick_task_id
-from tests.e2e.support import Deployment, Received, Recorder, duplicates, percentile, wait_complete
+from tests.e2e.support import CeleryProc, Deployment, Received, Recorder, duplicates, percentile, wait_complete
 
 #: Entries every second with Celery's relative=True: ticks fall on whole seconds, so a test can pick a moment
 #: (half past a second) when no replica is between deciding a tick and confirming its publish.
@@ -49,6 +49,23 @@ def owners(received: list[Received], since: float = 0.0) -> dict[str, str]:
         if r.received >= since:
             result[r.entry] = r.node
     return result
+
+
+def fault_owner_of(
+    recorder: Recorder, beats: dict[str, CeleryProc], entry: str, signum: int
+) -> tuple[str, float, float]:
+    """Signal the replica that dispatched ``entry`` last, half-way between two ticks; wait for another replica to
+    dispatch it. Returns (the replica signalled, when, seconds until the other's first tick of it arrived)."""
+    owner = owners(recorder.snapshot())[entry]
+    at_half_second()
+    at = time.time()
+    beats[owner].signal(signum)
+    after = recorder.wait(
+        lambda rs: any(r.entry == entry and r.node != owner and r.received > at for r in rs),
+        15,
+        f"{entry} dispatched by another replica after signal {signum}",
+    )
+    return owner, at, min(r.received for r in after if r.entry == entry and r.received > at) - at
 
 
 def assert_every_tick_once(received: list[Received], entries: list[str], until_ms: int) -> dict[str, int]:
@@ -114,32 +131,12 @@ def test_three_replicas_survive_sigkill_and_sigterm_of_the_owner(deploy: Deploym
         recorder.wait(lambda rs: len({r.node for r in rs}) == 3, START_TIMEOUT_S, "ticks from all three replicas")
         spread = owners(recorder.snapshot(), since=time.time() - 2)
 
-        # SIGKILL the owner of e0 between two ticks.
+        # SIGKILL the owner of e0 between two ticks, later SIGTERM its new owner.
         recorder.wait(lambda rs: time.time() - started > 15, 30, "15 s of ticks")
-        victim = owners(recorder.snapshot())["e0"]
-        at_half_second()
-        killed_at = time.time()
-        beats[victim].signal(signal.SIGKILL)
-        after_kill = recorder.wait(
-            lambda rs: any(r.entry == "e0" and r.node != victim and r.received > killed_at for r in rs),
-            15,
-            "e0 dispatched by another replica after the SIGKILL",
-        )
-        failover = min(r.received for r in after_kill if r.entry == "e0" and r.received > killed_at) - killed_at
+        victim, killed_at, failover = fault_owner_of(recorder, beats, "e0", signal.SIGKILL)
         beats[victim].wait(10)
-
-        # SIGTERM the new owner of e0 between two ticks.
         recorder.wait(lambda rs: time.time() - started > 35, 30, "35 s of ticks")
-        second = owners(recorder.snapshot())["e0"]
-        at_half_second()
-        termed_at = time.time()
-        beats[second].signal(signal.SIGTERM)
-        after_term = recorder.wait(
-            lambda rs: any(r.entry == "e0" and r.node != second and r.received > termed_at for r in rs),
-            15,
-            "e0 dispatched by the last replica after the SIGTERM",
-        )
-        handover = min(r.received for r in after_term if r.entry == "e0" and r.received > termed_at) - termed_at
+        second, _, handover = fault_owner_of(recorder, beats, "e0", signal.SIGTERM)
         assert beats[second].wait(15) == 0, beats[second].text()[-3000:]
         assert "stopped" in beats[second].text()
 
