@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -157,6 +157,7 @@ class _Node:
     directory: Path
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    client_ports: list[tuple[int, int]] = field(default_factory=list)  # (listen, advertised) per client listener
     log_start: int = 0  # size of server.log when the current JVM started (the log spans restarts)
 
     @property
@@ -189,6 +190,7 @@ class KafkaCluster:
         heap: str = DEFAULT_HEAP,
         broker_session_timeout_ms: int | None = None,
         extra_props: Mapping[str, object] | None = None,
+        client_listeners: int = 0,
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
         detach: bool = False,
         keep_workdir: bool = False,
@@ -198,11 +200,17 @@ class KafkaCluster:
         ``workdir``: where node data, configs and logs go; default a fresh directory under
         ``<devkafka home>/clusters/`` that :meth:`stop` deletes unless ``keep_workdir`` (or the start failed).
         ``detach``: leave the brokers running when this Python process exits (used by the CLI).
+        ``client_listeners``: extra PLAINTEXT listeners per broker (``C0``, ``C1``, ...), each advertised at another
+        port that nothing listens on: a proxy put there (see :meth:`client_listener`) carries all traffic of the
+        clients that bootstrap through listener ``k``'s advertised ports (:meth:`bootstrap_via`), metadata
+        included, so cutting that proxy cuts exactly those clients off (the chaos harness's network partition).
         """
         if nodes not in (1, 3):
             raise ValueError(f"nodes must be 1 or 3, not {nodes!r}")
         if not _HEAP_RE.match(heap):
             raise ValueError(f"heap must look like 512m or 1g, not {heap!r}")
+        if client_listeners < 0:
+            raise ValueError(f"client_listeners must not be negative, not {client_listeners!r}")
         if broker_session_timeout_ms is not None and broker_session_timeout_ms < 300:
             raise ValueError("broker_session_timeout_ms must be at least 300")
         parse_version(version)
@@ -211,6 +219,7 @@ class KafkaCluster:
         self.heap = heap
         self.broker_session_timeout_ms = broker_session_timeout_ms
         self.extra_props = {k: _prop_value(v) for k, v in (extra_props or {}).items()}
+        self.client_listeners = client_listeners
         self.start_timeout = start_timeout
         self.detach = detach
         self.keep_workdir = keep_workdir
@@ -234,8 +243,13 @@ class KafkaCluster:
         deadline = time.monotonic() + self.start_timeout
         workdir = self._make_workdir()
         self._log_args = self._dist.write_log_config(workdir)
-        ports = _free_ports(2 * self.nodes)
-        self._nodes = [_Node(i, ports[2 * i], ports[2 * i + 1], workdir / f"node-{i}") for i in range(self.nodes)]
+        per_node = 2 + 2 * self.client_listeners
+        ports = _free_ports(per_node * self.nodes)
+        self._nodes = []
+        for i in range(self.nodes):
+            mine = ports[per_node * i : per_node * (i + 1)]
+            extra = list(zip(mine[2::2], mine[3::2], strict=True))
+            self._nodes.append(_Node(i, mine[0], mine[1], workdir / f"node-{i}", client_ports=extra))
         self._state = "running"
         if not self.detach:
             _RUNNING.add(self)
@@ -310,6 +324,15 @@ class KafkaCluster:
     def broker_port(self, i: int) -> int:
         """PLAINTEXT port of broker ``i``."""
         return self._node(i).port
+
+    def client_listener(self, i: int, k: int) -> tuple[int, int]:
+        """``(listen port, advertised port)`` of client listener ``k`` on broker ``i``: a proxy that listens on the
+        advertised port and forwards to the listen port carries that listener's clients."""
+        return self._node(i).client_ports[k]
+
+    def bootstrap_via(self, k: int) -> str:
+        """Bootstrap servers for a client that must reach the cluster only through client listener ``k``."""
+        return ",".join(f"127.0.0.1:{node.client_ports[k][1]}" for node in self._started_nodes())
 
     def broker_pid(self, i: int) -> int | None:
         """Process id of broker ``i``, or None when it is not running."""
@@ -435,15 +458,20 @@ class KafkaCluster:
         single = self.nodes == 1
         replicas = "1" if single else "3"
         min_isr = "1" if single else "2"
+        names = [f"C{k}" for k in range(len(node.client_ports))]
+        listeners = [f"PLAINTEXT://127.0.0.1:{node.port}", f"CONTROLLER://127.0.0.1:{node.controller_port}"]
+        listeners += [f"{n}://127.0.0.1:{ports[0]}" for n, ports in zip(names, node.client_ports, strict=True)]
+        advertised = [f"PLAINTEXT://127.0.0.1:{node.port}"]
+        advertised += [f"{n}://127.0.0.1:{ports[1]}" for n, ports in zip(names, node.client_ports, strict=True)]
         props = {
             "process.roles": "broker,controller",
             "node.id": str(node.index),
             "controller.quorum.voters": ",".join(f"{n.index}@127.0.0.1:{n.controller_port}" for n in self._nodes),
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "listeners": ",".join(listeners),
+            "advertised.listeners": ",".join(advertised),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(f"{n}:PLAINTEXT" for n in ["PLAINTEXT", "CONTROLLER", *names]),
             "log.dirs": str(node.directory / "data"),
             "num.partitions": "1",
             "default.replication.factor": replicas,

@@ -1,0 +1,49 @@
+"""The Celery app the chaos harness runs in its ``celery beat`` replicas, configured from the environment.
+
+``CKB_CHAOS_BROKER`` (Celery broker URL), ``CKB_CHAOS_KAFKA`` (bootstrap servers: the replica's own proxies),
+``CKB_CHAOS_TOPIC``, ``CKB_CHAOS_QUEUE``, ``CKB_CHAOS_SCHEDULE`` (JSON ``{entry: {"every": seconds}}``) and
+``CKB_CHAOS_CONF`` (JSON of extra settings).
+
+``CKB_CHAOS_CLOCK_OFFSET_S`` (test only) moves this process's clocks by that many seconds: ``time.time``,
+``time.time_ns`` and ``time.clock_gettime[_ns]`` (every clock, so also the lease clock). librdkafka's own C clock
+is not moved (libfaketime, which would move it, makes librdkafka hang in ``Consumer.close`` on this machine), and
+does not need to be: the protocol reads its times from broker (LogAppendTime) timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+
+from celery import Celery
+from celery.schedules import schedule
+
+
+def _shift_clocks(offset_s: float) -> None:
+    real_time, real_time_ns = time.time, time.time_ns
+    real_gettime, real_gettime_ns = time.clock_gettime, time.clock_gettime_ns
+    offset_ns = round(offset_s * 1e9)
+    time.time = lambda: real_time() + offset_s
+    time.time_ns = lambda: real_time_ns() + offset_ns
+    time.clock_gettime = lambda clock: real_gettime(clock) + offset_s
+    time.clock_gettime_ns = lambda clock: real_gettime_ns(clock) + offset_ns
+
+
+if os.environ.get("CKB_CHAOS_CLOCK_OFFSET_S"):
+    _shift_clocks(float(os.environ["CKB_CHAOS_CLOCK_OFFSET_S"]))
+
+app = Celery("ckb_chaos")
+app.conf.update(
+    broker_url=os.environ["CKB_CHAOS_BROKER"],
+    broker_connection_retry_on_startup=True,
+    kafka_beat_bootstrap_servers=os.environ["CKB_CHAOS_KAFKA"],
+    kafka_beat_topic=os.environ["CKB_CHAOS_TOPIC"],
+    task_default_queue=os.environ["CKB_CHAOS_QUEUE"],
+)
+app.conf.update(json.loads(os.environ.get("CKB_CHAOS_CONF", "{}")))
+app.conf.beat_schedule = {
+    name: {"task": "chaos.tick", "schedule": schedule(timedelta(seconds=spec["every"]))}
+    for name, spec in json.loads(os.environ.get("CKB_CHAOS_SCHEDULE", "{}")).items()
+}  # "chaos.tick" is registered nowhere: beat sends it by name, the recorder reads it, nothing runs it

@@ -1,0 +1,714 @@
+"""Check a chaos run directory (see the harness's SPEC): was each tick dispatched exactly once, within the policy?
+
+Pure: reads ``run.json``, ``ticks-<group>.jsonl`` and ``faults.jsonl``; needs neither Kafka nor a Celery broker.
+Per group and entry, the rules are:
+
+* **Grid.** An entry's ticks lie on ``phase + k * period``. The phase comes from the entry's first received message
+  (by receive time, whole log). A message off that grid is a violation (off-grid tick). The expected ticks are the
+  grid points ``t`` with ``window.start <= t <= window.end``; messages whose tick is outside the window are counted
+  and otherwise ignored (they still give phases, predecessors and successors). An entry never dispatched at all has
+  ``ceil(window length / period)`` missing ticks, and that is a violation.
+* **Duplicates.** A tick received more than once. In at-most-once mode any duplicate is a violation. In
+  at-least-once mode a duplicate whose copies all share one task id (a resend) is allowed and counted; copies with
+  different task ids are a violation.
+* **Missing, allowed by catch-up 'once'.** 'once' means: when an owner plans an entry whose next tick is overdue
+  by more than the grace, it decides only the latest tick already due (late or not) and drops the ones before.
+  Missing tick ``t`` is allowed iff the next received tick ``t2 > t`` was received more than the grace after
+  ``t``, and ``t2`` was planned afresh: by a new claim (its epoch differs from the previous received tick's), or
+  by an owner that was itself more than the grace late with it (``recv(t2) - t2 > grace``). A tick missing while
+  its owner went on dispatching on time is a loss. Without the sync topic's decide records the checker cannot
+  see decisions, so this is judged from what arrived.
+* **Missing, allowed by at-most-once.** Missing tick ``t`` is allowed iff an unclean fault (kill, stop, partition,
+  broker) hit the node ``X`` that dispatched the entry's previous received tick (any node if there is none), or
+  hit the brokers, and ``t`` lies in ``[start - 1 s, end + lease + 1 s]``: a tick decided by an owner that then
+  failed is never re-sent in this mode. Every other missing tick is a loss outside the policy (a violation); with
+  catch-up 'all' and at-least-once, no missing tick is allowed.
+* **Lateness.** ``recv - tick`` of each received tick's first copy; also over "quiet" ticks only, which lie in no
+  fault window ``[start, end + lease + 2 s]`` of the group (broker faults included).
+* **Failover gaps.** For each fault (start/end pair of one ``n``, group and target) that stops or isolates a node
+  ``X`` (kill, term, stop, partition, clock, scale-down, rolling): the entries of the group's shortest period (a
+  longer one would add its own wait for the next tick) whose last dispatch before the start was by ``X``. If
+  ``X`` dispatches the entry again after the fault's end before any other node does, it was *kept* (a pause or
+  partition shorter than the lease); otherwise its gap is the receive time of the first dispatch by another node
+  minus the start (``X``'s own messages in between are ticks it had decided; a clean stop publishes them). A
+  fault's gap is the largest of its entries' gaps. For a broker fault, per group: the largest (first receive of
+  an entry after the start) - start. Not a pass/fail rule.
+
+Malformed lines are violations naming file and line; a fault that never ended is taken to end at the window's end.
+Catch-up 'skip' excuses no missing tick here (checked as strictly as 'all').
+Run ``python -m celery_kafka_beat.chaos check RUN``: it prints the summary and writes ``RUN/check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Final, TypeVar
+
+from celery_kafka_beat.protocol.node import CatchUp, DeliveryMode
+
+UNCLEAN_KINDS: Final = frozenset({"kill", "stop", "partition", "broker"})
+# Faults that stop or cut off one replica, so its entries must move (or wait for it).
+FAILOVER_KINDS: Final = frozenset({"kill", "term", "stop", "partition", "clock", "scale-down", "rolling"})
+# Why 1 s before the start: the faulted owner decided ticks up to the decision lead (250 ms) ahead and may have
+# lost them in flight; 1 s also covers the harness's own delay in applying the fault.
+AMO_BEFORE_MS: Final = 1000
+# Why lease + 1 s after the end: a new owner can claim only once the old lease lapsed, then needs a moment to
+# read the log and decide; ticks due meanwhile were decided by (and lost with) the old owner or are overdue.
+AMO_AFTER_MS: Final = 1000
+# Why lease + 2 s: ownership has settled and the new owner has caught up by then; later ticks are "quiet" again.
+QUIET_AFTER_MS: Final = 2000
+# How many example ticks a violation message names.
+_EXAMPLES: Final = 5
+
+
+class RunDirError(Exception):
+    """The run directory cannot be checked at all (no or unreadable run.json)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distribution:
+    """Nearest-rank percentiles of integer samples (milliseconds); ``None`` when there are no samples."""
+
+    count: int
+    p50: int | None
+    p90: int | None
+    p99: int | None
+    max: int | None
+
+    @classmethod
+    def of(cls, values: Iterable[int]) -> Distribution:
+        ordered = sorted(values)
+        return cls(
+            count=len(ordered),
+            p50=percentile(ordered, 50),
+            p90=percentile(ordered, 90),
+            p99=percentile(ordered, 99),
+            max=ordered[-1] if ordered else None,
+        )
+
+
+def percentile(ordered: Sequence[int], p: int) -> int | None:
+    """The nearest-rank ``p``-th percentile of already sorted values."""
+    if not ordered:
+        return None
+    rank = max(1, -(-p * len(ordered) // 100))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Counts:
+    """Tick counts of one entry, or summed over a group's entries."""
+
+    expected: int = 0
+    once: int = 0
+    duplicate_ticks: int = 0  # distinct ticks received more than once
+    duplicate_copies: int = 0  # extra copies beyond the first
+    duplicate_ticks_id_identical: int = 0  # of duplicate_ticks: all copies share one task id
+    duplicate_ticks_violating: int = 0  # of duplicate_ticks: not allowed by the delivery mode
+    missing_once: int = 0  # allowed by catch-up 'once'
+    missing_at_most_once: int = 0  # allowed by at-most-once delivery after an unclean fault
+    missing_not_allowed: int = 0
+    off_grid: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultGap:
+    """The failover after one fault in one group (for a broker fault: the group's slowest entry to resume)."""
+
+    n: int
+    kind: str
+    target: str
+    start: int
+    end: int
+    owned: int  # entries whose last dispatch before the start was by the target (broker: entries considered)
+    kept: int  # entries whose next dispatch was by the target again
+    unrecovered: int  # entries never dispatched again after the start
+    gap_ms: int | None  # None when no entry moved
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailoverStats:
+    faults: int
+    gaps: Distribution  # of per-fault gaps (faults with a gap only)
+    kept: int  # entries
+    owned_nothing: int  # faults
+    unrecovered: int  # entries
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupResult:
+    name: str
+    delivery: str
+    catchup: str
+    grace_ms: int
+    lease_ms: int
+    entries: dict[str, Counts]
+    total: Counts
+    unknown_entry_messages: int
+    outside_window_messages: int
+    lateness_all: Distribution
+    lateness_quiet: Distribution
+    failover: dict[str, FailoverStats]  # by fault kind
+    fault_gaps: list[FaultGap]
+    fault_counts: dict[str, int]  # distinct faults (by n) applied to this group, by kind; broker faults included
+    violations: list[str]
+    lateness_ms: list[int] = field(default_factory=list, repr=False)  # first copies, for plots
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    run_dir: Path
+    seed: int | None
+    window_start: int
+    window_end: int
+    faults_applied: int | None
+    faults_skipped: int | None
+    groups: dict[str, GroupResult]
+    violations: list[str]  # every violation: file-level ones, then each group's (prefixed with the group)
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Message:
+    entry: str
+    tick: int
+    id: str
+    node: str
+    epoch: int
+    recv: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Fault:
+    n: int
+    kind: str
+    group: str | None
+    target: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class _GroupConfig:
+    name: str
+    delivery: str
+    catchup: str
+    grace_ms: int
+    lease_ms: int
+    periods_ms: dict[str, int]
+
+
+class _Malformed(ValueError):
+    pass
+
+
+_T = TypeVar("_T")
+
+
+def _get(obj: dict[str, object], key: str, kind: type[_T]) -> _T:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Malformed(f"{key!r} is not {kind.__name__}: {value!r}")
+    return value
+
+
+def _read_jsonl(path: Path, violations: list[str]) -> list[tuple[int, dict[str, object]]]:
+    rows: list[tuple[int, dict[str, object]]] = []
+    if not path.exists():
+        return rows
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            violations.append(f"{path.name} line {lineno}: malformed ({exc.msg})")
+            continue
+        if isinstance(obj, dict):
+            rows.append((lineno, obj))
+        else:
+            violations.append(f"{path.name} line {lineno}: malformed (not an object)")
+    return rows
+
+
+def _read_messages(path: Path, violations: list[str]) -> list[_Message]:
+    messages = []
+    for lineno, obj in _read_jsonl(path, violations):
+        try:
+            messages.append(
+                _Message(
+                    entry=_get(obj, "entry", str),
+                    tick=_get(obj, "tick", int),
+                    id=_get(obj, "id", str),
+                    node=_get(obj, "node", str),
+                    epoch=_get(obj, "epoch", int),
+                    recv=_get(obj, "recv", int),
+                )
+            )
+        except _Malformed as exc:
+            violations.append(f"{path.name} line {lineno}: malformed ({exc})")
+    return sorted(messages, key=lambda m: m.recv)  # stable: file order among equal receive times
+
+
+def _read_faults(path: Path, window_end: int, violations: list[str], notes: list[str]) -> list[_Fault]:
+    """Pair start and end events by (n, group, target), in time order."""
+    events: list[tuple[int, int, str, str | None, str, str]] = []
+    for lineno, obj in _read_jsonl(path, violations):
+        try:
+            group = obj.get("group")
+            if group is not None and not isinstance(group, str):
+                raise _Malformed(f"'group' is not str or null: {group!r}")
+            phase = _get(obj, "phase", str)
+            if phase not in ("start", "end"):
+                raise _Malformed(f"'phase' is {phase!r}")
+            events.append(
+                (
+                    _get(obj, "t", int),
+                    _get(obj, "n", int),
+                    _get(obj, "kind", str),
+                    group,
+                    _get(obj, "target", str),
+                    phase,
+                )
+            )
+        except _Malformed as exc:
+            violations.append(f"{path.name} line {lineno}: malformed ({exc})")
+    open_starts: dict[tuple[int, str, str | None, str], list[int]] = defaultdict(list)
+    faults = []
+    for t, n, kind, group, target, phase in sorted(events, key=lambda e: e[0]):
+        key = (n, kind, group, target)
+        if phase == "start":
+            open_starts[key].append(t)
+        elif open_starts[key]:
+            faults.append(_Fault(n=n, kind=kind, group=group, target=target, start=open_starts[key].pop(0), end=t))
+        else:
+            notes.append(f"fault {n} ({kind} of {target}): an end without a start, ignored")
+    for (n, kind, group, target), starts in open_starts.items():
+        for start in starts:
+            notes.append(f"fault {n} ({kind} of {target}): no end, taken to end at the window's end")
+            faults.append(_Fault(n=n, kind=kind, group=group, target=target, start=start, end=max(start, window_end)))
+    return sorted(faults, key=lambda f: (f.start, f.n))
+
+
+def _read_run(run_dir: Path, notes: list[str]) -> tuple[dict[str, object], tuple[int, int], list[_GroupConfig]]:
+    try:
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        window = (int(run["window"]["start"]), int(run["window"]["end"]))
+        groups = []
+        for name, raw in run["groups"].items():
+            periods = {}
+            for entry, spec in raw["entries"].items():
+                if isinstance(spec.get("every"), int | float) and spec["every"] > 0:
+                    periods[entry] = round(spec["every"] * 1000)
+                else:
+                    notes.append(f"{name}: entry {entry} has no interval ('every'), not checked")
+            groups.append(
+                _GroupConfig(
+                    name=name,
+                    delivery=DeliveryMode(raw["delivery"]).value,
+                    catchup=CatchUp(raw["catchup"]).value,
+                    grace_ms=int(raw["grace"]),
+                    lease_ms=int(raw["lease"]),
+                    periods_ms=periods,
+                )
+            )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RunDirError(f"{run_dir / 'run.json'}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    return run, window, groups
+
+
+# --- checking ----------------------------------------------------------------------------------------------------
+
+
+def check(run_dir: Path) -> Report:
+    """Check every group of the run in ``run_dir``; raises :class:`RunDirError` if run.json is unusable."""
+    notes: list[str] = []
+    run, (start, end), configs = _read_run(run_dir, notes)
+    violations: list[str] = []
+    faults = _read_faults(run_dir / "faults.jsonl", end, violations, notes)
+    groups = {}
+    for config in configs:
+        file_violations: list[str] = []
+        messages = _read_messages(run_dir / f"ticks-{config.name}.jsonl", file_violations)
+        if not (run_dir / f"ticks-{config.name}.jsonl").exists():
+            file_violations.append(f"ticks-{config.name}.jsonl is missing")
+        group_faults = [f for f in faults if f.group in (config.name, None)]
+        result = _check_group(
+            config,
+            start=start,
+            end=end,
+            messages=messages,
+            faults=group_faults,
+            violations=file_violations,
+            notes=notes,
+        )
+        groups[config.name] = result
+        violations.extend(f"{config.name}: {v}" for v in result.violations)
+
+    def optional_int(key: str) -> int | None:
+        value = run.get(key)
+        return value if isinstance(value, int) else None
+
+    return Report(
+        run_dir=run_dir,
+        seed=optional_int("seed"),
+        window_start=start,
+        window_end=end,
+        faults_applied=optional_int("faults_applied"),
+        faults_skipped=optional_int("faults_skipped"),
+        groups=groups,
+        violations=violations,
+        notes=notes,
+    )
+
+
+def _examples(items: Sequence[object]) -> str:
+    more = f", ... ({len(items)} in all)" if len(items) > _EXAMPLES else ""
+    return ", ".join(str(t) for t in items[:_EXAMPLES]) + more
+
+
+def _check_group(
+    config: _GroupConfig,
+    *,
+    start: int,
+    end: int,
+    messages: list[_Message],
+    faults: list[_Fault],
+    violations: list[str],
+    notes: list[str],
+) -> GroupResult:
+    by_entry: dict[str, list[_Message]] = defaultdict(list)  # in receive order
+    unknown: dict[str, int] = defaultdict(int)
+    for m in messages:
+        if m.entry in config.periods_ms:
+            by_entry[m.entry].append(m)
+        else:
+            unknown[m.entry] += 1
+    if unknown:
+        notes.append(f"{config.name}: messages of unknown entries: {dict(sorted(unknown.items()))}")
+    outside = sum(1 for m in messages if m.entry in config.periods_ms and not start <= m.tick <= end)
+    unclean = [f for f in faults if f.kind in UNCLEAN_KINDS]
+    quiet_windows = _merge((f.start, f.end + config.lease_ms + QUIET_AFTER_MS) for f in faults)
+    entries: dict[str, Counts] = {}
+    lateness: list[int] = []
+    quiet: list[int] = []
+    for entry, period in config.periods_ms.items():
+        counts, entry_lateness = _check_entry(
+            config,
+            entry=entry,
+            period=period,
+            start=start,
+            end=end,
+            messages=by_entry[entry],
+            unclean=unclean,
+            violations=violations,
+        )
+        entries[entry] = counts
+        for tick, late in entry_lateness:
+            lateness.append(late)
+            if not _inside(quiet_windows, tick):
+                quiet.append(late)
+    fault_gaps = _failover(config, by_entry, faults)
+    failover = {}
+    for kind in sorted({g.kind for g in fault_gaps}):
+        of_kind = [g for g in fault_gaps if g.kind == kind]
+        failover[kind] = FailoverStats(
+            faults=len(of_kind),
+            gaps=Distribution.of(g.gap_ms for g in of_kind if g.gap_ms is not None),
+            kept=sum(g.kept for g in of_kind),
+            owned_nothing=sum(1 for g in of_kind if g.owned == 0),
+            unrecovered=sum(g.unrecovered for g in of_kind),
+        )
+    fault_counts: dict[str, int] = defaultdict(int)
+    for kind, _n in sorted({(f.kind, f.n) for f in faults}):
+        fault_counts[kind] += 1
+    return GroupResult(
+        name=config.name,
+        delivery=config.delivery,
+        catchup=config.catchup,
+        grace_ms=config.grace_ms,
+        lease_ms=config.lease_ms,
+        entries=entries,
+        total=sum(entries.values(), Counts()),
+        unknown_entry_messages=sum(unknown.values()),
+        outside_window_messages=outside,
+        lateness_all=Distribution.of(lateness),
+        lateness_quiet=Distribution.of(quiet),
+        failover=failover,
+        fault_gaps=fault_gaps,
+        fault_counts=dict(fault_counts),
+        violations=violations,
+        lateness_ms=lateness,
+    )
+
+
+def _check_entry(
+    config: _GroupConfig,
+    *,
+    entry: str,
+    period: int,
+    start: int,
+    end: int,
+    messages: list[_Message],
+    unclean: list[_Fault],
+    violations: list[str],
+) -> tuple[Counts, list[tuple[int, int]]]:
+    """Counts of one entry, and (tick, lateness) of each received tick in the window."""
+    if not messages:
+        missing = math.ceil((end - start) / period)
+        violations.append(f"entry {entry} never dispatched ({missing} ticks missing)")
+        return Counts(expected=missing, missing_not_allowed=missing), []
+    phase = messages[0].tick % period
+    copies: dict[int, list[_Message]] = defaultdict(list)  # on-grid ticks of the whole log, copies in receive order
+    off_grid = []
+    for m in messages:
+        if m.tick % period == phase:
+            copies[m.tick].append(m)
+        elif start <= m.tick <= end:
+            off_grid.append(m.tick)
+    if off_grid:
+        violations.append(f"entry {entry}: off-grid ticks (period {period} ms, phase {phase}): {_examples(off_grid)}")
+    received = sorted(copies)
+    first = start + (phase - start) % period
+    expected = range(first, end + 1, period)
+
+    once = dup_ticks = dup_identical = dup_bad = extra = 0
+    bad_dups: list[str] = []
+    for tick in received:
+        if not start <= tick <= end:
+            continue
+        n = len(copies[tick])
+        if n == 1:
+            once += 1
+            continue
+        dup_ticks += 1
+        extra += n - 1
+        identical = len({m.id for m in copies[tick]}) == 1
+        dup_identical += identical
+        if config.delivery == "at-most-once" or not identical:
+            dup_bad += 1
+            nodes = ", ".join(m.node for m in copies[tick])
+            bad_dups.append(f"{tick} ({n} copies{', one task id' if identical else ''}; nodes {nodes})")
+    if bad_dups:
+        violations.append(f"entry {entry}: duplicates not allowed in {config.delivery}: {_examples(bad_dups)}")
+
+    missing_once = missing_amo = 0
+    lost: list[int] = []
+    for tick in expected:
+        if tick in copies:
+            continue
+        i = bisect.bisect_right(received, tick)
+        if config.catchup == "once" and i < len(received):
+            successor = copies[received[i]][0]
+            previous = copies[received[i - 1]][0] if i > 0 else None
+            # Planned afresh: a new claim (epoch) or the owner itself past the grace.
+            fresh = previous is None or previous.epoch != successor.epoch
+            if (fresh or successor.recv - successor.tick > config.grace_ms) and successor.recv - tick > config.grace_ms:
+                missing_once += 1
+                continue
+        if config.delivery == "at-most-once":
+            owner = copies[received[i - 1]][0].node if i > 0 else None
+            if any(
+                f.start - AMO_BEFORE_MS <= tick <= f.end + config.lease_ms + AMO_AFTER_MS
+                and (f.kind == "broker" or owner is None or f.target == owner)
+                for f in unclean
+            ):
+                missing_amo += 1
+                continue
+        lost.append(tick)
+    if lost:
+        violations.append(f"entry {entry}: missing ticks, a loss outside the policy: {_examples(lost)}")
+    counts = Counts(
+        expected=len(expected),
+        once=once,
+        duplicate_ticks=dup_ticks,
+        duplicate_copies=extra,
+        duplicate_ticks_id_identical=dup_identical,
+        duplicate_ticks_violating=dup_bad,
+        missing_once=missing_once,
+        missing_at_most_once=missing_amo,
+        missing_not_allowed=len(lost),
+        off_grid=len(off_grid),
+    )
+    lateness = [(t, copies[t][0].recv - t) for t in received if start <= t <= end]
+    return counts, lateness
+
+
+def _failover(config: _GroupConfig, by_entry: dict[str, list[_Message]], faults: list[_Fault]) -> list[FaultGap]:
+    recvs = {entry: [m.recv for m in messages] for entry, messages in by_entry.items()}
+    # Only the entries of the shortest period: a longer one adds its own wait for the next tick to the gap.
+    shortest = min(config.periods_ms.values(), default=0)
+    by_entry = {e: ms for e, ms in by_entry.items() if config.periods_ms.get(e) == shortest}
+    gaps = []
+    for f in faults:
+        if f.kind not in FAILOVER_KINDS and f.kind != "broker":
+            continue
+        owned = kept = unrecovered = 0
+        entry_gaps = []
+        for entry, messages in by_entry.items():
+            i = bisect.bisect_right(recvs[entry], f.start)  # messages[i] is the first received after the start
+            if f.kind != "broker" and (i == 0 or messages[i - 1].node != f.target):
+                continue
+            owned += 1
+            if f.kind == "broker":
+                if i == len(messages):
+                    unrecovered += 1
+                else:
+                    entry_gaps.append(messages[i].recv - f.start)
+                continue
+            # The first dispatch by another node; the target's own messages before it are ticks it had already
+            # decided (a clean stop publishes them) or, after the fault's end, its return: then it kept the entry.
+            other = next((m for m in messages[i:] if m.node != f.target), None)
+            back = any(
+                m.node == f.target and m.recv > f.end for m in messages[i:] if other is None or m.recv < other.recv
+            )
+            if back:
+                kept += 1
+            elif other is None:
+                unrecovered += 1
+            else:
+                entry_gaps.append(other.recv - f.start)
+        gaps.append(
+            FaultGap(
+                n=f.n,
+                kind=f.kind,
+                target=f.target,
+                start=f.start,
+                end=f.end,
+                owned=owned,
+                kept=kept,
+                unrecovered=unrecovered,
+                gap_ms=max(entry_gaps) if entry_gaps else None,
+            )
+        )
+    return gaps
+
+
+def _merge(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(windows):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _inside(merged: list[tuple[int, int]], t: int) -> bool:
+    i = bisect.bisect_right(merged, (t, math.inf))
+    return i > 0 and merged[i - 1][0] <= t <= merged[i - 1][1]
+
+
+# --- output ------------------------------------------------------------------------------------------------------
+
+
+def to_json(report: Report) -> dict[str, object]:
+    """The report as JSON-ready data (raw lateness samples left out)."""
+
+    def plain(obj: object) -> object:
+        if isinstance(obj, Distribution | Counts | FaultGap | FailoverStats):
+            return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [plain(v) for v in obj]
+        return obj
+
+    groups = {
+        name: {f.name: plain(getattr(g, f.name)) for f in fields(g) if f.name != "lateness_ms"} | {"ok": g.ok}
+        for name, g in report.groups.items()
+    }
+    return {
+        "run_dir": str(report.run_dir),
+        "ok": report.ok,
+        "seed": report.seed,
+        "window": {"start": report.window_start, "end": report.window_end},
+        "faults_applied": report.faults_applied,
+        "faults_skipped": report.faults_skipped,
+        "groups": groups,
+        "violations": report.violations,
+        "notes": report.notes,
+    }
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def render_text(report: Report, max_violations: int = 20) -> str:
+    """A plain-text summary for the console."""
+    seconds = (report.window_end - report.window_start) / 1000
+    lines = [f"{report.run_dir}: seed {report.seed}, window {seconds:g} s: {'OK' if report.ok else 'FAILED'}"]
+    for g in report.groups.values():
+        t = g.total
+        lines += [
+            "",
+            f"[{g.name}] {g.delivery}, catch-up {g.catchup}, lease {g.lease_ms} ms: {'ok' if g.ok else 'FAILED'}",
+            f"  ticks expected {t.expected}, once {t.once}, duplicated {t.duplicate_ticks} "
+            f"(+{t.duplicate_copies} copies; {t.duplicate_ticks_id_identical} id-identical, "
+            f"{t.duplicate_ticks_violating} not allowed)",
+            f"  missing: allowed by 'once' {t.missing_once}, by at-most-once {t.missing_at_most_once}, "
+            f"NOT allowed {t.missing_not_allowed}; off-grid {t.off_grid}",
+            f"  messages ignored: {g.outside_window_messages} outside the window, "
+            f"{g.unknown_entry_messages} of unknown entries",
+        ]
+        for label, d in (("all", g.lateness_all), ("quiet", g.lateness_quiet)):
+            lines.append(
+                f"  lateness {label:<5} n={d.count} p50 {_ms(d.p50)} p90 {_ms(d.p90)} p99 {_ms(d.p99)} "
+                f"max {_ms(d.max)} ms"
+            )
+        faults = ", ".join(f"{kind} {n}" for kind, n in sorted(g.fault_counts.items())) or "none"
+        lines.append(f"  faults: {faults}")
+        for kind, s in g.failover.items():
+            lines.append(
+                f"  failover {kind:<10} faults {s.faults}, gap p50 {_ms(s.gaps.p50)} p99 {_ms(s.gaps.p99)} "
+                f"max {_ms(s.gaps.max)} ms; kept {s.kept}, owned nothing {s.owned_nothing}"
+                + (f", never resumed {s.unrecovered}" if s.unrecovered else "")
+            )
+    if report.notes:
+        lines += ["", "notes:"] + [f"  {n}" for n in report.notes]
+    if report.violations:
+        lines += ["", f"violations ({len(report.violations)}):"]
+        lines += [f"  {v}" for v in report.violations[:max_violations]]
+        if len(report.violations) > max_violations:
+            lines.append(f"  ... and {len(report.violations) - max_violations} more (see check.json)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``check RUN``: print the summary, write RUN/check.json; 1 when a rule is violated, 2 when RUN is unusable."""
+    parser = argparse.ArgumentParser(
+        prog="python -m celery_kafka_beat.chaos check", description="Check a chaos run directory."
+    )
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        report = check(args.run_dir)
+    except RunDirError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(render_text(report))
+    (args.run_dir / "check.json").write_text(json.dumps(to_json(report), indent=2) + "\n", encoding="utf-8")
+    return 0 if report.ok else 1

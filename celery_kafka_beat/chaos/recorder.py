@@ -1,0 +1,114 @@
+"""The recorder: consumes every task message the replicas publish to the Celery broker and logs it as a line of
+JSON (``ticks-<group>.jsonl``), before acknowledging it. Nothing else ever reads the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from kombu import Connection, Consumer, Message, Queue  # type: ignore[attr-defined]
+
+__all__ = ["Recorder"]
+
+
+def _iso_ms(value: str) -> int:
+    return round(datetime.fromisoformat(value).timestamp() * 1000)
+
+
+class Recorder:
+    """A kombu consumer thread for one queue. Keeps, per entry, the set of ticks seen and the node that sent the
+    latest message, which the harness uses to pick "the owner of entry X" as a fault's target."""
+
+    def __init__(self, broker_url: str, queue: str, path: Path) -> None:
+        self.broker_url = broker_url
+        self.queue = queue
+        self.path = path
+        self.seen: dict[str, set[int]] = {}
+        self.last_node: dict[str, str] = {}
+        self.count = 0
+        self.bad = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._out: IO[str] = path.open("a", encoding="utf-8")
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{queue}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError(f"the recorder could not connect to the Celery broker at {self.broker_url}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._out.close()
+
+    def _run(self) -> None:
+        queue = Queue(self.queue, routing_key=self.queue)
+        while not self._stop.is_set():
+            try:
+                with (
+                    Connection(self.broker_url) as conn,
+                    Consumer(conn, [queue], callbacks=[self._on_message], accept=["json"]),
+                ):
+                    self._ready.set()
+                    while not self._stop.is_set():
+                        try:
+                            conn.drain_events(timeout=0.1)
+                        except TimeoutError:
+                            continue
+            except Exception:  # the Celery broker went away: connect again
+                if self._stop.wait(0.2):
+                    return
+
+    def _on_message(self, body: Any, message: Message) -> None:
+        received = round(time.time() * 1000)
+        headers = dict(message.headers)
+        try:
+            line: dict[str, Any] = {
+                "entry": headers["ckb_entry"],
+                "tick": _iso_ms(headers["ckb_tick"]),
+                "id": headers["id"],
+                "node": headers["ckb_node"],
+                "epoch": int(headers["ckb_epoch"]),
+                "recv": received,
+            }
+        except (KeyError, ValueError, TypeError) as exc:
+            line = {"bad": f"{exc!r}", "headers": {k: str(v) for k, v in headers.items()}, "recv": received}
+        with self._lock:
+            self._out.write(json.dumps(line) + "\n")
+            self._out.flush()
+            if "bad" in line:
+                self.bad += 1
+            else:
+                self.count += 1
+                self.seen.setdefault(line["entry"], set()).add(line["tick"])
+                self.last_node[line["entry"]] = line["node"]
+        message.ack()
+
+    def owner(self, entry: str) -> str | None:
+        with self._lock:
+            return self.last_node.get(entry)
+
+    def first_ticks(self) -> dict[str, int]:
+        with self._lock:
+            return {entry: min(ticks) for entry, ticks in self.seen.items() if ticks}
+
+    def latest_ticks(self) -> dict[str, int]:
+        with self._lock:
+            return {entry: max(ticks) for entry, ticks in self.seen.items() if ticks}
+
+    def missing(self, grids: dict[str, tuple[int, int]], start: int, end: int) -> int:
+        """How many ticks in [start, end] are not seen yet; ``grids`` maps entry -> (phase, period) in ms."""
+        with self._lock:
+            total = 0
+            for entry, (phase, period) in grids.items():
+                first = start + (phase - start) % period
+                seen = self.seen.get(entry, set())
+                total += sum(1 for t in range(first, end + 1, period) if t not in seen)
+            return total

@@ -1,0 +1,277 @@
+"""The chaos checker's rules, each shown to pass and to fail on a small synthetic run directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from celery_kafka_beat.chaos.checker import Report, check, main, percentile, render_text, to_json
+from celery_kafka_beat.chaos.report import write_report
+
+T0 = 1_795_930_020_000  # window start; the window is 10 s, so an entry every 1 s has 11 ticks
+END = T0 + 10_000
+X, Y = "g-r1-1", "g-r2-1"
+
+
+def tick(k: int, *, node: str = X, late: int = 5, entry: str = "e", task_id: str | None = None) -> dict[str, object]:
+    """Message of tick T0 + k s, received ``late`` ms after it was due."""
+    t = T0 + k * 1000
+    return {"entry": entry, "tick": t, "id": task_id or f"id-{entry}-{t}", "node": node, "epoch": 1, "recv": t + late}
+
+
+def fault(n: int, kind: str, target: str, start: int, end: int | None, *, group: str | None = "g") -> list[str]:
+    events = [{"n": n, "kind": kind, "group": group, "target": target, "phase": "start", "t": start, "detail": {}}]
+    if end is not None:
+        events.append({**events[0], "phase": "end", "t": end})
+    return [json.dumps(e) for e in events]
+
+
+def make_run(
+    path: Path,
+    ticks: Iterable[dict[str, object]],
+    *,
+    delivery: str = "at-least-once",
+    catchup: str = "all",
+    faults: Iterable[str] = (),
+    entries: dict[str, float] | None = None,
+    extra_lines: Iterable[str] = (),
+) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    group = {
+        "delivery": delivery,
+        "catchup": catchup,
+        "grace": 1000,
+        "lease": 3000,
+        "decision_lead": 250,
+        "entries": {name: {"every": every} for name, every in (entries or {"e": 1}).items()},
+    }
+    run = {"seed": 7, "started": T0 - 20_000, "window": {"start": T0, "end": END}, "groups": {"g": group}}
+    (path / "run.json").write_text(json.dumps(run))
+    lines = [json.dumps(t) for t in ticks] + list(extra_lines)
+    (path / "ticks-g.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    (path / "faults.jsonl").write_text("".join(f"{line}\n" for line in faults))
+    return path
+
+
+def all_ticks(skip: Iterable[int] = ()) -> list[dict[str, object]]:
+    return [tick(k) for k in range(11) if k not in set(skip)]
+
+
+def only_violation(report: Report, text: str) -> None:
+    assert not report.ok
+    assert len(report.violations) == 1, report.violations
+    assert text in report.violations[0]
+
+
+def test_clean_run_is_ok(tmp_path: Path) -> None:
+    report = check(make_run(tmp_path, [tick(-3), *all_ticks(), tick(11)]))
+    assert report.ok, report.violations
+    total = report.groups["g"].total
+    assert (total.expected, total.once, total.duplicate_ticks, total.missing_not_allowed) == (11, 11, 0, 0)
+    assert report.groups["g"].outside_window_messages == 2
+    assert "OK" in render_text(report)
+
+
+def test_at_most_once_any_duplicate_is_a_violation(tmp_path: Path) -> None:
+    report = check(make_run(tmp_path, [*all_ticks(), tick(4, node=Y, late=300)], delivery="at-most-once"))
+    only_violation(report, "duplicates not allowed in at-most-once")
+    total = report.groups["g"].total
+    assert (total.duplicate_ticks, total.duplicate_ticks_id_identical, total.duplicate_ticks_violating) == (1, 1, 1)
+
+
+def test_at_least_once_id_identical_duplicate_is_allowed_and_counted(tmp_path: Path) -> None:
+    resends = [tick(4, node=Y, late=300), tick(4, node=Y, late=400)]
+    report = check(make_run(tmp_path, [*all_ticks(), *resends]))
+    assert report.ok, report.violations
+    total = report.groups["g"].total
+    assert (total.once, total.duplicate_ticks, total.duplicate_copies) == (10, 1, 2)
+    assert (total.duplicate_ticks_id_identical, total.duplicate_ticks_violating) == (1, 0)
+
+
+def test_at_least_once_duplicate_with_another_task_id_is_a_violation(tmp_path: Path) -> None:
+    report = check(make_run(tmp_path, [*all_ticks(), tick(4, node=Y, task_id="other")]))
+    only_violation(report, "duplicates not allowed in at-least-once")
+    assert report.groups["g"].total.duplicate_ticks_violating == 1
+
+
+def test_catchup_all_allows_no_missing_tick(tmp_path: Path) -> None:
+    report = check(make_run(tmp_path, all_ticks(skip=[4])))
+    only_violation(report, "a loss outside the policy: 1795930024000")
+    total = report.groups["g"].total
+    assert (total.expected, total.once, total.missing_not_allowed) == (11, 10, 1)
+
+
+def test_catchup_once_allows_ticks_collapsed_into_an_overdue_successor(tmp_path: Path) -> None:
+    # Given ticks 3 and 4 missing and tick 5 received 1001 ms after it was due (past the 1000 ms grace)
+    ticks = [tick(k, late=1001 if k == 5 else 5) for k in range(11) if k not in (3, 4)]
+    report = check(make_run(tmp_path, ticks, catchup="once"))
+    # Then both were collapsed into tick 5, as 'once' says
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_once == 2
+
+
+def test_catchup_once_does_not_excuse_a_tick_whose_successor_was_on_time(tmp_path: Path) -> None:
+    # Exactly at the grace the successor was not overdue past it: the missing ticks are losses
+    ticks = [tick(k, late=1000 if k == 5 else 5) for k in range(11) if k not in (3, 4)]
+    report = check(make_run(tmp_path, ticks, catchup="once"))
+    only_violation(report, "a loss outside the policy")
+    total = report.groups["g"].total
+    assert (total.missing_once, total.missing_not_allowed) == (0, 2)
+
+
+def amo_run(path: Path, *faults: str) -> Report:
+    """X owns the entry until it fails at T0 + 4.2 s; Y resumes at tick 7; ticks 4-6 are lost."""
+    ticks = [tick(k) for k in range(4)] + [tick(k, node=Y) for k in range(7, 11)]
+    return check(make_run(path, ticks, delivery="at-most-once", faults=faults))
+
+
+def test_at_most_once_loss_in_an_unclean_fault_of_the_owner_is_allowed(tmp_path: Path) -> None:
+    report = amo_run(tmp_path, *fault(1, "kill", X, T0 + 4200, T0 + 5000))
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_at_most_once == 3
+
+
+def test_at_most_once_loss_in_a_broker_fault_is_allowed(tmp_path: Path) -> None:
+    report = amo_run(tmp_path, *fault(1, "broker", "broker:0", T0 + 4200, T0 + 5000, group=None))
+    assert report.ok, report.violations
+    assert report.groups["g"].fault_counts == {"broker": 1}
+
+
+def test_at_most_once_loss_after_a_clean_stop_is_a_violation(tmp_path: Path) -> None:
+    report = amo_run(tmp_path / "term", *fault(1, "term", X, T0 + 4200, T0 + 5000))
+    only_violation(report, "a loss outside the policy")
+    assert report.groups["g"].total.missing_not_allowed == 3
+    # Nor does an unclean fault of another node excuse it
+    only_violation(amo_run(tmp_path / "other", *fault(1, "kill", Y, T0 + 4200, T0 + 5000)), "outside the policy")
+
+
+def test_at_most_once_loss_past_the_lease_after_the_fault_is_a_violation(tmp_path: Path) -> None:
+    # The window ends at end + lease + 1 s = T0 + 4.999 s: ticks 5 and 6 are beyond it
+    report = amo_run(tmp_path, *fault(1, "kill", X, T0 + 500, T0 + 999))
+    total = report.groups["g"].total
+    assert (total.missing_at_most_once, total.missing_not_allowed) == (1, 2)
+
+
+def test_off_grid_tick_is_a_violation(tmp_path: Path) -> None:
+    off = {**tick(4), "tick": T0 + 4500, "recv": T0 + 4505, "id": "off"}
+    report = check(make_run(tmp_path, [*all_ticks(), off]))
+    only_violation(report, "off-grid ticks (period 1000 ms, phase 0): 1795930024500")
+    assert report.groups["g"].total.off_grid == 1
+
+
+def test_entry_never_dispatched_is_a_violation(tmp_path: Path) -> None:
+    report = check(make_run(tmp_path, all_ticks(), entries={"e": 1, "slow": 3}))
+    only_violation(report, "entry slow never dispatched")
+    slow = report.groups["g"].entries["slow"]
+    assert (slow.expected, slow.missing_not_allowed) == (4, 4)  # ceil(10 s / 3 s)
+
+
+def test_failover_gap_and_kept_entries(tmp_path: Path) -> None:
+    # Given X dispatches e and f until T0 + 4 s; X is killed at T0 + 4.5 s
+    kill_at = T0 + 4500
+    before = [tick(k, entry=name) for name in ("e", "f") for k in range(5)]
+    # When Y dispatches e 2.5 s later, while the next dispatch of f is by X itself (sent before it died)
+    after = [tick(k, entry="e", node=Y, late=kill_at + 2500 - (T0 + k * 1000)) for k in range(5, 11)]
+    after += [tick(k, entry="f", late=kill_at + 3000 - (T0 + k * 1000)) for k in range(5, 11)]
+    faults = [*fault(1, "kill", X, kill_at, kill_at + 1000), *fault(2, "scale-down", "g-r9-1", kill_at, kill_at)]
+    report = check(make_run(tmp_path, before + after, entries={"e": 1, "f": 1}, faults=faults))
+    group = report.groups["g"]
+    kill = group.fault_gaps[0]
+    assert (kill.kind, kill.owned, kill.kept, kill.gap_ms) == ("kill", 2, 1, 2500)
+    assert group.failover["kill"].gaps.max == 2500
+    assert group.failover["kill"].kept == 1
+    assert (group.failover["scale-down"].owned_nothing, group.failover["scale-down"].gaps.count) == (1, 0)
+    assert "failover kill       faults 1, gap p50 2500" in render_text(report)
+
+
+def test_failover_gap_of_a_clean_stop_skips_the_ticks_it_published_while_stopping(tmp_path: Path) -> None:
+    # Given X SIGTERMed at T0 + 4.9 s, still publishing tick 5 (decided before the signal) while it stops
+    term_at = T0 + 4900
+    ticks = [tick(k) for k in range(6)]
+    # When Y dispatches from tick 6 on, 1.105 s after the signal
+    ticks += [tick(k, node=Y) for k in range(6, 11)]
+    # And a longer-period entry owned by X (its wait for the next tick is not a failover gap)
+    ticks += [tick(0, entry="slow"), tick(5, entry="slow", node=Y, late=4000), tick(10, entry="slow", node=Y)]
+    faults = fault(1, "term", X, term_at, term_at + 500)
+    report = check(make_run(tmp_path, ticks, entries={"e": 1, "slow": 5}, faults=faults))
+    assert report.ok, report.violations
+    gap = report.groups["g"].fault_gaps[0]
+    assert (gap.owned, gap.kept, gap.gap_ms) == (1, 0, T0 + 6005 - term_at)
+
+
+def test_broker_fault_gap_is_the_slowest_entry_to_resume(tmp_path: Path) -> None:
+    # Given a broker killed at T0 + 4.5 s; f resumes with tick 5, e only with tick 7 (5 and 6 lost, at most once)
+    ticks = [*all_ticks(skip=[5, 6]), *[tick(k, entry="f") for k in range(11)]]
+    faults = fault(3, "broker", "broker:1", T0 + 4500, T0 + 5500, group=None)
+    report = check(make_run(tmp_path, ticks, entries={"e": 1, "f": 1}, faults=faults, delivery="at-most-once"))
+    assert report.ok, report.violations
+    gap = report.groups["g"].failover["broker"]
+    assert (gap.faults, gap.gaps.max) == (1, 7005 - 4500)  # e resumed with tick 7, received at T0 + 7.005 s
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 11))
+    assert [percentile(values, p) for p in (50, 90, 99)] == [5, 9, 10]
+    assert percentile([42], 99) == 42
+    assert percentile([], 50) is None
+
+
+def test_lateness_over_all_and_quiet_ticks(tmp_path: Path) -> None:
+    # Given lateness 10, 20, ..., 110 ms, and a fault window [T0 + 8 s, T0 + 8 s + lease + 2 s] covering ticks 8-10
+    ticks = [tick(k, late=10 * (k + 1)) for k in range(11)]
+    report = check(make_run(tmp_path, ticks, faults=fault(1, "term", Y, T0 + 8000, T0 + 8000)))
+    group = report.groups["g"]
+    assert (group.lateness_all.count, group.lateness_all.p50, group.lateness_all.p90) == (11, 60, 100)
+    assert (group.lateness_all.p99, group.lateness_all.max) == (110, 110)
+    assert (group.lateness_quiet.count, group.lateness_quiet.max) == (8, 80)
+
+
+def test_malformed_lines_and_unended_faults_are_reported_not_fatal(tmp_path: Path) -> None:
+    faults = [*fault(1, "kill", X, T0 + 4200, None), "{oops", json.dumps({"n": 2, "kind": "kill"})]
+    run = make_run(tmp_path, all_ticks(), faults=faults, extra_lines=["not json", '{"entry": "e", "tick": "x"}'])
+    report = check(run)
+    assert report.violations == [
+        "faults.jsonl line 2: malformed (Expecting property name enclosed in double quotes)",
+        "faults.jsonl line 3: malformed ('phase' is not str: None)",
+        "g: ticks-g.jsonl line 12: malformed (Expecting value)",
+        "g: ticks-g.jsonl line 13: malformed ('tick' is not int: 'x')",
+    ]
+    assert any("no end, taken to end at the window's end" in note for note in report.notes)
+    assert report.groups["g"].fault_gaps[0].end == END
+
+
+def test_main_writes_check_json_and_fails_on_a_violation(tmp_path: Path) -> None:
+    good = make_run(tmp_path / "good", all_ticks())
+    bad = make_run(tmp_path / "bad", all_ticks(skip=[2]))
+    assert main([str(good)]) == 0
+    assert main([str(bad)]) == 1
+    data = json.loads((bad / "check.json").read_text())
+    assert data["ok"] is False
+    assert data["groups"]["g"]["total"]["missing_not_allowed"] == 1
+    assert data == json.loads(json.dumps(to_json(check(bad))))
+    assert main([str(tmp_path / "absent")]) == 2
+
+
+def test_report_writes_markdown_and_png(tmp_path: Path) -> None:
+    runs = [
+        make_run(tmp_path / "runs" / "r1", all_ticks(), faults=fault(1, "kill", X, T0 + 4500, T0 + 5000)),
+        make_run(tmp_path / "runs" / "r2", all_ticks(skip=[3]), delivery="at-most-once", catchup="once"),
+    ]
+    out = tmp_path / "docs" / "reliability.md"
+    write_report(runs, out, tmp_path / "docs" / "images", method="We ran things.")
+    md = out.read_text()
+    assert md.startswith("# Reliability\n\nWe ran things.\n")
+    assert "| expected | once | duplicates (id-identical / other) |" in md
+    assert "| group | kind | faults | p50 | p99 | max | kept | owned nothing |" in md
+    assert "**PASS: 0 duplicates / 0 losses outside the policy**" in md
+    assert "**FAIL: 0 duplicates / 1 losses outside the policy" in md
+    assert "![failover gaps and lateness of r1](images/r1.png)" in md
+    for name in ("r1", "r2"):
+        assert (tmp_path / "docs" / "images" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_unknown_policy_in_run_json_is_refused(tmp_path: Path) -> None:
+    run = make_run(tmp_path, all_ticks(), delivery="exactly-once")
+    assert main([str(run)]) == 2
+    assert not (run / "check.json").exists()
