@@ -89,7 +89,9 @@ after it; by at-most-once delivery when an unclean fault (kill, stop, partition,
 or the brokers between 1 s before and lease + 1 s after the tick. Anything else is a loss outside the policy.
 The failover gap of a fault is the time from the fault to the first dispatch of each entry its target owned by
 another replica (the largest of them); lateness is receive time minus tick, measured at the Redis consumer.
-Absolute times are from a 2-core machine shared by 3 brokers, up to 10 replicas and the harness."""
+Faults overlap (one every 4-10 s, many last longer), so the worst gaps of a kind are often another fault's doing:
+a SIGTERM of the only replica not cut off from Kafka waits for the partition to heal. Absolute times are from a
+2-core machine shared by 3 brokers, up to 10 replicas and the harness."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -552,18 +552,12 @@ class Harness:
             if not replicas:
                 return self._skip(fault, group, "every replica is under another fault")
             self.applied += 1
-        fresh = []
-        for step, replica in enumerate(replicas, 1):
+        for step, replica in enumerate(replicas, 1):  # the ones not restarted yet stay busy until their turn
             self._event(fault, group.spec.name, replica.name, "start", step=step, of=len(replicas))
             clean = self._terminate(replica)
-            with self._lock:
-                new = self._start_replica(group, replica.slot)
-                new.busy = True  # the fresh ones sit out until the roll is over
-            fresh.append(new)
+            self._start_replica(group, replica.slot)
             self._event(fault, group.spec.name, replica.name, "end", step=step, of=len(replicas), clean=clean)
             time.sleep(ROLLING_PAUSE_S)
-        for new in fresh:
-            new.busy = False
         return None
 
     def _broker_fault(self, fault: PlannedFault) -> None:

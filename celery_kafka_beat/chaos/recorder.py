@@ -7,17 +7,48 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from kombu import Connection, Consumer, Message, Queue  # type: ignore[attr-defined]
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "consume"]
 
 
 def _iso_ms(value: str) -> int:
     return round(datetime.fromisoformat(value).timestamp() * 1000)
+
+
+def consume(
+    broker_url: str,
+    queue: str,
+    on_message: Callable[[Any, Message], None],
+    *,
+    stop: threading.Event,
+    ready: threading.Event,
+    on_error: Callable[[Exception], None] = lambda exc: None,
+) -> None:
+    """Consume ``queue`` (JSON messages) until ``stop`` is set, connecting again whenever the Celery broker goes
+    away; ``ready`` is set once the first connection stands. ``on_message`` must acknowledge."""
+    declared = Queue(queue, routing_key=queue)
+    while not stop.is_set():
+        try:
+            with (
+                Connection(broker_url) as conn,
+                Consumer(conn, [declared], callbacks=[on_message], accept=["json"]),
+            ):
+                ready.set()
+                while not stop.is_set():
+                    try:
+                        conn.drain_events(timeout=0.1)
+                    except TimeoutError:
+                        continue
+        except Exception as exc:  # the broker went away: connect again
+            if stop.wait(0.2):
+                return
+            on_error(exc)
 
 
 class Recorder:
@@ -49,22 +80,7 @@ class Recorder:
         self._out.close()
 
     def _run(self) -> None:
-        queue = Queue(self.queue, routing_key=self.queue)
-        while not self._stop.is_set():
-            try:
-                with (
-                    Connection(self.broker_url) as conn,
-                    Consumer(conn, [queue], callbacks=[self._on_message], accept=["json"]),
-                ):
-                    self._ready.set()
-                    while not self._stop.is_set():
-                        try:
-                            conn.drain_events(timeout=0.1)
-                        except TimeoutError:
-                            continue
-            except Exception:  # the Celery broker went away: connect again
-                if self._stop.wait(0.2):
-                    return
+        consume(self.broker_url, self.queue, self._on_message, stop=self._stop, ready=self._ready)
 
     def _on_message(self, body: Any, message: Message) -> None:
         received = round(time.time() * 1000)

@@ -47,8 +47,9 @@ def _run_section(report: Report, png_link: str) -> list[str]:
     lines = [
         f"## Run `{report.run_dir.name}`",
         "",
-        f"Seed {report.seed}, duration {minutes:.1f} min (checked window), "
-        f"faults applied {report.faults_applied}, skipped {report.faults_skipped}.",
+        f"Seed {report.seed}, duration {minutes:.1f} min (checked window). Fault applications "
+        f"{report.faults_applied}, skipped {report.faults_skipped} (a replica fault is applied once per group; "
+        "skipped: the target was already under another fault, or the replica count was at its bound).",
         "",
     ]
     for g in report.groups.values():

@@ -19,9 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Consumer, Message, Queue
+from kombu import Message
 
 import celery_kafka_beat
+from celery_kafka_beat.chaos.recorder import consume
 
 PACKAGE_PARENT = Path(celery_kafka_beat.__file__).resolve().parent.parent
 APP = "tests.e2e.celeryapp"
@@ -77,24 +78,13 @@ class Recorder:
         self._thread.join(10)
 
     def _run(self) -> None:
-        queue = Queue(self.queue, routing_key=self.queue)
-        while not self._stop.is_set():
-            try:
-                with (
-                    Connection(self.broker_url) as conn,
-                    Consumer(conn, [queue], callbacks=[self._on_message], accept=["json"]),
-                ):
-                    self._ready.set()
-                    while not self._stop.is_set():
-                        try:
-                            conn.drain_events(timeout=0.1)
-                        except TimeoutError:
-                            continue
-            except Exception as exc:  # the broker went away (a fault under test): connect again
-                if self._stop.wait(0.1):
-                    return
-                with self._cond:
-                    self.reconnects.append(repr(exc)[:200])
+        consume(
+            self.broker_url, self.queue, self._on_message, stop=self._stop, ready=self._ready, on_error=self._on_error
+        )
+
+    def _on_error(self, exc: Exception) -> None:
+        with self._cond:
+            self.reconnects.append(repr(exc)[:200])
 
     def _on_message(self, body: Any, message: Message) -> None:
         headers = dict(message.headers)
