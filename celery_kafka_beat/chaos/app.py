@@ -5,9 +5,11 @@
 ``CKB_CHAOS_CONF`` (JSON of extra settings).
 
 ``CKB_CHAOS_CLOCK_OFFSET_S`` (test only) moves this process's clocks by that many seconds: ``time.time``,
-``time.time_ns`` and ``time.clock_gettime[_ns]`` (every clock, so also the lease clock). librdkafka's own C clock
-is not moved (libfaketime, which would move it, makes librdkafka hang in ``Consumer.close`` on this machine), and
-does not need to be: the protocol reads its times from broker (LogAppendTime) timestamps.
+``time.time_ns``, ``time.clock_gettime[_ns]`` (every clock id, the lease clock included: a constant offset changes
+no interval) and Celery's ``app.now()``. ``datetime.now()`` (C code) and librdkafka's own clock are not moved:
+libfaketime, which would move them, makes librdkafka hang in ``Consumer.close`` on this machine. No decision of the
+scheduler reads a wall clock (due times come from broker LogAppendTime, leases from the boot-time clock), so the
+fault checks that this stays true rather than exercising a clock-dependent path.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ app.conf.update(
     task_default_queue=os.environ["CKB_CHAOS_QUEUE"],
 )
 app.conf.update(json.loads(os.environ.get("CKB_CHAOS_CONF", "{}")))
+if os.environ.get("CKB_CHAOS_CLOCK_OFFSET_S"):
+    _real_now, _skew = app.now, timedelta(seconds=float(os.environ["CKB_CHAOS_CLOCK_OFFSET_S"]))
+    app.now = lambda: _real_now() + _skew
 app.conf.beat_schedule = {
     name: {"task": "chaos.tick", "schedule": schedule(timedelta(seconds=spec["every"]))}
     for name, spec in json.loads(os.environ.get("CKB_CHAOS_SCHEDULE", "{}")).items()

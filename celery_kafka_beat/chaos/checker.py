@@ -1,6 +1,7 @@
-"""Check a chaos run directory (see the harness's SPEC): was each tick dispatched exactly once, within the policy?
+"""Check a chaos run directory (written by :mod:`.harness`): was each tick dispatched exactly once, within the policy?
 
-Pure: reads ``run.json``, ``ticks-<group>.jsonl`` and ``faults.jsonl``; needs neither Kafka nor a Celery broker.
+Pure: reads ``run.json``, ``ticks-<group>.jsonl``, ``sync-<group>.jsonl`` and ``faults.jsonl``; needs neither Kafka nor
+a Celery broker.
 Per group and entry, the rules are:
 
 * **Grid.** An entry's ticks lie on ``phase + k * period``. The phase comes from the entry's first received message
@@ -9,20 +10,21 @@ Per group and entry, the rules are:
   and otherwise ignored (they still give phases, predecessors and successors). An entry never dispatched at all has
   ``ceil(window length / period)`` missing ticks, and that is a violation.
 * **Duplicates.** A tick received more than once. In at-most-once mode any duplicate is a violation. In
-  at-least-once mode a duplicate whose copies all share one task id (a resend) is allowed and counted; copies with
-  different task ids are a violation.
-* **Missing, allowed by catch-up 'once'.** 'once' means: when an owner plans an entry whose next tick is overdue
-  by more than the grace, it decides only the latest tick already due (late or not) and drops the ones before.
-  Missing tick ``t`` is allowed iff the next received tick ``t2 > t`` was received more than the grace after
-  ``t``, and ``t2`` was planned afresh: by a new claim (its epoch differs from the previous received tick's), or
-  by an owner that was itself more than the grace late with it (``recv(t2) - t2 > grace``). A tick missing while
-  its owner went on dispatching on time is a loss. Without the sync topic's decide records the checker cannot
-  see decisions, so this is judged from what arrived.
-* **Missing, allowed by at-most-once.** Missing tick ``t`` is allowed iff an unclean fault (kill, stop, partition,
-  broker) hit the node ``X`` that dispatched the entry's previous received tick (any node if there is none), or
-  hit the brokers, and ``t`` lies in ``[start - 1 s, end + lease + 1 s]``: a tick decided by an owner that then
-  failed is never re-sent in this mode. Every other missing tick is a loss outside the policy (a violation); with
-  catch-up 'all' and at-least-once, no missing tick is allowed.
+  at-least-once mode a duplicate is allowed (and counted) only when its copies share one task id and a fault hit one
+  of the nodes that sent them, or the brokers, between 1 s before the tick and lease + 1 s after the fault's end:
+  the re-send of a tick whose confirmation did not make it into the log. Task ids are derived from the tick, so a
+  split brain would also send one id twice; the fault is what tells a re-send from it.
+* **Missing ticks, with the sync log** (``sync-<group>.jsonl``: the harness reads every claim and decide record
+  of the group's topic with its broker time). A tick never decided is allowed by catch-up 'once' when the entry's
+  next decided tick was decided more than the grace after it: the owner then found it overdue past the grace and,
+  as 'once' says, decided only the latest tick due. A tick decided but never published is allowed in at-most-once
+  mode when an unclean fault (kill, stop, partition, broker) hit the deciding node, or the brokers, between 1 s
+  before the tick and lease + 1 s after the fault's end. Every other missing tick is a loss outside the policy
+  (a violation); with catch-up 'all' and at-least-once, no missing tick is allowed.
+* **Missing ticks, without a sync log** (older runs, hand-made ones), judged from what arrived: 'once' allows
+  ``t`` when the next received tick ``t2`` came more than the grace after ``t`` and was planned afresh (a new
+  epoch, or its owner itself past the grace); at-most-once allows it when an unclean fault hit the node that sent
+  the entry's previous tick, or the brokers, in the window above. Looser: a tick lost at a handover passes.
 * **Lateness.** ``recv - tick`` of each received tick's first copy; also over "quiet" ticks only, which lie in no
   fault window ``[start, end + lease + 2 s]`` of the group (broker faults included).
 * **Failover gaps.** For each fault (start/end pair of one ``n``, group and target) that stops or isolates a node
@@ -312,6 +314,42 @@ def _read_faults(path: Path, window_end: int, violations: list[str], notes: list
     return sorted(faults, key=lambda f: (f.start, f.n))
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Decisions:
+    """From ``sync-<group>.jsonl``: every decided (entry, tick) with (broker time, epoch, node) of each decision."""
+
+    decided: dict[tuple[str, int], list[tuple[int, int, str]]]
+    by_entry: dict[str, list[int]]  # decided ticks per entry, sorted
+    gaps: int
+
+
+def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
+    if not path.exists():
+        return None
+    nodes: dict[str, str] = {}
+    decided: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
+    gaps = 0
+    for lineno, obj in _read_jsonl(path, violations):
+        try:
+            if "gap" in obj:
+                gaps += 1
+            elif obj.get("k") == "hello":
+                nodes[_get(obj, "s", str)] = _get(obj, "node", str)
+            elif obj.get("k") == "decide":
+                at, node = _get(obj, "t", int), nodes.get(_get(obj, "s", str), "?")
+                for item in _get(obj, "i", list):
+                    entry, epoch, tick = item
+                    decided[(str(entry), int(tick))].append((at, int(epoch), node))
+        except (_Malformed, ValueError, TypeError) as exc:
+            violations.append(f"{path.name} line {lineno}: malformed ({exc})")
+    by_entry: dict[str, list[int]] = defaultdict(list)
+    for entry, tick in decided:
+        by_entry[entry].append(tick)
+    for ticks in by_entry.values():
+        ticks.sort()
+    return _Decisions(decided=dict(decided), by_entry=dict(by_entry), gaps=gaps)
+
+
 def _read_run(run_dir: Path, notes: list[str]) -> tuple[dict[str, object], tuple[int, int], list[_GroupConfig]]:
     try:
         run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -355,12 +393,18 @@ def check(run_dir: Path) -> Report:
         if not (run_dir / f"ticks-{config.name}.jsonl").exists():
             file_violations.append(f"ticks-{config.name}.jsonl is missing")
         group_faults = [f for f in faults if f.group in (config.name, None)]
+        decisions = _read_decisions(run_dir / f"sync-{config.name}.jsonl", file_violations)
+        if decisions is None:
+            notes.append(f"{config.name}: no sync-{config.name}.jsonl: missing ticks judged by the heuristic rules")
+        elif decisions.gaps:
+            notes.append(f"{config.name}: the sync log skipped records {decisions.gaps} time(s) (deleted before read)")
         result = _check_group(
             config,
             start=start,
             end=end,
             messages=messages,
             faults=group_faults,
+            decisions=decisions,
             violations=file_violations,
             notes=notes,
         )
@@ -396,6 +440,7 @@ def _check_group(
     end: int,
     messages: list[_Message],
     faults: list[_Fault],
+    decisions: _Decisions | None,
     violations: list[str],
     notes: list[str],
 ) -> GroupResult:
@@ -423,6 +468,8 @@ def _check_group(
             end=end,
             messages=by_entry[entry],
             unclean=unclean,
+            faults=faults,
+            decisions=decisions,
             violations=violations,
         )
         entries[entry] = counts
@@ -473,6 +520,8 @@ def _check_entry(
     end: int,
     messages: list[_Message],
     unclean: list[_Fault],
+    faults: list[_Fault],
+    decisions: _Decisions | None,
     violations: list[str],
 ) -> tuple[Counts, list[tuple[int, int]]]:
     """Counts of one entry, and (tick, lateness) of each received tick in the window."""
@@ -507,10 +556,17 @@ def _check_entry(
         extra += n - 1
         identical = len({m.id for m in copies[tick]}) == 1
         dup_identical += identical
-        if config.delivery == "at-most-once" or not identical:
+        nodes_of = {m.node for m in copies[tick]}
+        explained = any(
+            f.start - AMO_BEFORE_MS <= tick <= f.end + config.lease_ms + AMO_AFTER_MS
+            and (f.kind == "broker" or f.target in nodes_of)
+            for f in faults
+        )
+        if config.delivery == "at-most-once" or not identical or not explained:
             dup_bad += 1
             nodes = ", ".join(m.node for m in copies[tick])
-            bad_dups.append(f"{tick} ({n} copies{', one task id' if identical else ''}; nodes {nodes})")
+            why = "" if explained else ", no fault of those nodes or the brokers around it"
+            bad_dups.append(f"{tick} ({n} copies{', one task id' if identical else ''}; nodes {nodes}{why})")
     if bad_dups:
         violations.append(f"entry {entry}: duplicates not allowed in {config.delivery}: {_examples(bad_dups)}")
 
@@ -520,6 +576,16 @@ def _check_entry(
         if tick in copies:
             continue
         i = bisect.bisect_right(received, tick)
+        if decisions is not None:
+            verdict = _judge_missing(config, entry, tick, decisions, unclean)
+            if verdict == "once":
+                missing_once += 1
+                continue
+            if verdict == "at-most-once":
+                missing_amo += 1
+                continue
+            lost.append(tick)
+            continue
         if config.catchup == "once" and i < len(received):
             successor = copies[received[i]][0]
             previous = copies[received[i - 1]][0] if i > 0 else None
@@ -554,6 +620,33 @@ def _check_entry(
     )
     lateness = [(t, copies[t][0].recv - t) for t in received if start <= t <= end]
     return counts, lateness
+
+
+def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Decisions, unclean: list[_Fault]) -> str:
+    """Why ``tick`` of ``entry`` may be missing, from the sync topic's decisions: "once", "at-most-once" or "lost".
+
+    Never decided: 'once' allows it when the entry's next decided tick was decided (broker time) more than the grace
+    after ``tick``, so that ``tick`` was overdue past the grace when its owner planned. Decided but never published:
+    at-most-once allows it when an unclean fault hit the deciding node (or the brokers) around the tick.
+    """
+    decided = decisions.decided.get((entry, tick))
+    if decided is None:
+        if config.catchup != "once":
+            return "lost"
+        later = decisions.by_entry.get(entry, [])
+        j = bisect.bisect_right(later, tick)
+        if j < len(later) and tick < min(at for at, _, _ in decisions.decided[(entry, later[j])]) - config.grace_ms:
+            return "once"
+        return "lost"
+    if config.delivery != "at-most-once":
+        return "lost"
+    deciders = {node for _, _, node in decided}
+    hit = any(
+        f.start - AMO_BEFORE_MS <= tick <= f.end + config.lease_ms + AMO_AFTER_MS
+        and (f.kind == "broker" or f.target in deciders)
+        for f in unclean
+    )
+    return "at-most-once" if hit else "lost"
 
 
 def _failover(config: _GroupConfig, by_entry: dict[str, list[_Message]], faults: list[_Fault]) -> list[FaultGap]:

@@ -39,9 +39,10 @@ from confluent_kafka.admin import AdminClient
 import celery_kafka_beat
 from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.devredis import LocalRedis
+from celery_kafka_beat.protocol.node import NodeSettings
 
 from .proxy import Partitioner
-from .recorder import Recorder
+from .recorder import Recorder, SyncLog
 
 __all__ = ["KINDS", "GroupSpec", "Harness", "PlannedFault", "make_plan"]
 
@@ -172,6 +173,7 @@ class Group:
     topic: str
     queue: str
     recorder: Recorder
+    sync: SyncLog
     replicas: dict[int, Replica] = field(default_factory=dict)  # by slot
     incarnations: int = 0
 
@@ -207,10 +209,13 @@ class Harness:
         self._redis_url = ""
         self._broker_busy = False
         self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
 
     # -- the run ---------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise ValueError(f"run directory {self.run_dir} is not empty: logs of two runs would mix; choose another")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         (self.run_dir / "plan.json").write_text(json.dumps([asdict(f) for f in self.plan], indent=1))
@@ -249,7 +254,10 @@ class Harness:
             queue = f"chaos-{spec.name}-{tag}"
             recorder = Recorder(self._redis_url, queue, self.run_dir / f"ticks-{spec.name}.jsonl")
             recorder.start()
-            self.groups.append(Group(spec, index, f"ckb-chaos-{spec.name}-{tag}", queue, recorder))
+            topic = f"ckb-chaos-{spec.name}-{tag}"
+            sync = SyncLog(cluster.bootstrap_servers, topic, self.run_dir / f"sync-{spec.name}.jsonl")
+            sync.start()
+            self.groups.append(Group(spec, index, topic, queue, recorder, sync))
         for group in self.groups:
             for _ in range(INITIAL_REPLICAS):
                 self._start_replica(group, self._free_slot(group))
@@ -273,7 +281,7 @@ class Harness:
                 g.spec.name: {
                     "delivery": g.spec.delivery,
                     "catchup": g.spec.catchup,
-                    "grace": 1000,
+                    "grace": NodeSettings(node="-").catchup_grace_ms,
                     "lease": round(g.spec.lease * 1000),
                     "decision_lead": round(g.spec.decision_lead * 1000),
                     "entries": {e: {"every": every} for e, every in g.spec.entries.items()},
@@ -292,9 +300,13 @@ class Harness:
         return summary
 
     def _teardown(self) -> None:
+        self._stopping.set()  # fault threads end their waits and start no replica any more
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT_S)
         self._stop_all()
         for group in self.groups:
             group.recorder.stop()
+            group.sync.stop()
         if self._partitioner is not None:
             self._partitioner.close()
         if self._faults_out is not None:
@@ -370,6 +382,8 @@ class Harness:
     def _start_replica(self, group: Group, slot: int, offset_s: int = 0) -> Replica:
         assert self._cluster is not None
         with self._lock:
+            if self._stopping.is_set():
+                raise RuntimeError("the run is stopping: no new replica")
             group.incarnations += 1
             incarnation = group.incarnations
         name = f"{group.spec.name}-r{slot}-{incarnation}"
@@ -500,8 +514,9 @@ class Harness:
         if kind == "rolling":
             return self._rolling(fault, group)
         with self._lock:
-            if kind == "scale-down" and len(group.replicas) <= MIN_REPLICAS:
-                return self._skip(fault, group, f"only {len(group.replicas)} replicas")
+            live = [r for r in group.replicas.values() if not r.busy and r.proc.poll() is None]
+            if kind == "scale-down" and len(live) <= MIN_REPLICAS:
+                return self._skip(fault, group, f"only {len(live)} replicas not under another fault")
             replica = self._target(fault, group)
             if replica is None:
                 return self._skip(fault, group, "every replica is under another fault")
@@ -512,7 +527,7 @@ class Harness:
             self._event(fault, group.spec.name, name, "start")
             replica.proc.kill()
             replica.proc.wait()
-            time.sleep(fault.duration)
+            self._stopping.wait(fault.duration)
             new = self._start_replica(group, replica.slot)
             self._event(fault, group.spec.name, name, "end", restarted_as=new.name)
         elif kind in ("term", "clock", "scale-down"):
@@ -523,14 +538,16 @@ class Harness:
                     group.replicas.pop(replica.slot, None)
                 self._event(fault, group.spec.name, name, "end", clean=clean)
                 return None
-            time.sleep(fault.duration)
+            self._stopping.wait(fault.duration)
             new = self._start_replica(group, replica.slot, offset_s=fault.offset_s)
             self._event(fault, group.spec.name, name, "end", restarted_as=new.name, clean=clean)
         elif kind == "stop":
             self._event(fault, group.spec.name, name, "start")
             replica.proc.send_signal(signal.SIGSTOP)
-            time.sleep(fault.duration)
-            replica.proc.send_signal(signal.SIGCONT)
+            try:
+                self._stopping.wait(fault.duration)
+            finally:
+                replica.proc.send_signal(signal.SIGCONT)
             self._event(fault, group.spec.name, name, "end")
             replica.busy = False
         elif kind == "partition":
@@ -538,8 +555,10 @@ class Harness:
             slot = group.index * MAX_REPLICAS + replica.slot
             self._event(fault, group.spec.name, name, "start")
             self._partitioner.cut(slot)
-            time.sleep(fault.duration)
-            self._partitioner.heal(slot)
+            try:
+                self._stopping.wait(fault.duration)
+            finally:
+                self._partitioner.heal(slot)
             self._event(fault, group.spec.name, name, "end")
             replica.busy = False
         return None
@@ -557,7 +576,7 @@ class Harness:
             clean = self._terminate(replica)
             self._start_replica(group, replica.slot)
             self._event(fault, group.spec.name, replica.name, "end", step=step, of=len(replicas), clean=clean)
-            time.sleep(ROLLING_PAUSE_S)
+            self._stopping.wait(ROLLING_PAUSE_S)
         return None
 
     def _broker_fault(self, fault: PlannedFault) -> None:
@@ -579,7 +598,7 @@ class Harness:
             target = f"broker:{broker}"
             self._event(fault, None, target, "start", leader=broker == leader)
             cluster.kill_broker(broker)
-            time.sleep(fault.duration)
+            self._stopping.wait(fault.duration)
             cluster.restart_broker(broker)
             self._event(fault, None, target, "end", leader=broker == leader)
         finally:

@@ -5,7 +5,7 @@ advertises for that slot's listener, see ``KafkaCluster(client_listeners=...)``)
 exactly that replica from the whole cluster, while it still reaches the Celery broker.
 
 A cut behaves like a network that drops packets, not like one that refuses them: nothing is closed, bytes
-already on their way are held (one read's worth per direction; the rest waits in the kernel's buffers) and
+already on their way are held (in the proxy's stream buffers and the kernel's) and
 connections accepted meanwhile are not connected onwards. On heal everything held flows again, in order, so a
 request a replica sent before or during the partition can reach the broker long after it was sent: the late
 write of a zombie, which the protocol must fence.
@@ -82,12 +82,15 @@ class Partitioner:
     async def _connection(
         gate: asyncio.Event, target_port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        await gate.wait()  # a connection made during a cut hangs, as a SYN into a partition would
         try:
+            await gate.wait()  # a connection made during a cut hangs, as a SYN into a partition would
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
         except OSError:  # the broker is down: refuse, as it would
             writer.close()
             return
+        except asyncio.CancelledError:  # the proxy is closing
+            writer.close()
+            raise
         await asyncio.gather(_pipe(gate, reader, up_writer), _pipe(gate, up_reader, writer))
 
 

@@ -1,5 +1,6 @@
 """The recorder: consumes every task message the replicas publish to the Celery broker and logs it as a line of
-JSON (``ticks-<group>.jsonl``), before acknowledging it. Nothing else ever reads the queue.
+JSON (``ticks-<group>.jsonl``), before acknowledging it. Nothing else ever reads the queue. And :class:`SyncLog`,
+which logs the claims and decisions in a group's sync topic, read back, never written.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import Consumer as KafkaConsumer
 from kombu import Connection, Consumer, Message, Queue  # type: ignore[attr-defined]
 
-__all__ = ["Recorder", "consume"]
+from celery_kafka_beat import wire
+
+__all__ = ["Recorder", "SyncLog", "consume"]
 
 
 def _iso_ms(value: str) -> int:
@@ -128,3 +133,74 @@ class Recorder:
                 seen = self.seen.get(entry, set())
                 total += sum(1 for t in range(first, end + 1, period) if t not in seen)
             return total
+
+
+class SyncLog:
+    """Tails a group's sync topic from its start (straight to the brokers, past the proxies) and logs, as JSON
+    lines (``sync-<group>.jsonl``), what the checker needs to judge a missing tick exactly: each hello (session to
+    node), claim and decide record with its offset and broker time (LogAppendTime). A jump in offsets (records
+    deleted by the snapshot cleaner before they were read) is logged as ``{"gap": [from, to]}``."""
+
+    def __init__(self, bootstrap: str, topic: str, path: Path) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self._out: IO[str] = path.open("a", encoding="utf-8")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sync-{topic}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._out.close()
+
+    def _run(self) -> None:
+        consumer = KafkaConsumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"ckb-chaos-tail-{self.topic}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "topic.metadata.refresh.interval.ms": 1000,
+                "log_level": 0,  # an observer: the brokers' restarts under test are not its news
+            }
+        )
+        consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
+        expected: int | None = None
+        try:
+            while not self._stop.is_set():
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error() is not None:
+                    continue  # the topic does not exist yet, or a broker is down: the client retries
+                offset = msg.offset()
+                if offset is None:
+                    continue
+                if expected is not None and offset > expected:
+                    self._write({"gap": [expected, offset]})
+                expected = offset + 1
+                self._log(offset, msg.timestamp()[1], msg.value())
+        finally:
+            consumer.close()
+
+    def _log(self, offset: int, ts: int, value: bytes | None) -> None:
+        try:
+            record = wire.decode(value)
+        except wire.WireError:
+            return
+        line: dict[str, Any] = {"o": offset, "t": ts, "s": record.session}
+        match record:
+            case wire.Hello():
+                line |= {"k": "hello", "node": record.node}
+            case wire.Claim():
+                line |= {"k": "claim", "e": list(record.entries)}
+            case wire.Decide():
+                line |= {"k": "decide", "i": [[i.entry, i.epoch, i.tick] for i in record.items], "a": record.ack}
+            case _:
+                return
+        self._write(line)
+
+    def _write(self, line: dict[str, Any]) -> None:
+        self._out.write(json.dumps(line) + "\n")
+        self._out.flush()

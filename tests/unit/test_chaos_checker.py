@@ -81,12 +81,21 @@ def test_at_most_once_any_duplicate_is_a_violation(tmp_path: Path) -> None:
 
 
 def test_at_least_once_id_identical_duplicate_is_allowed_and_counted(tmp_path: Path) -> None:
+    # X published tick 4 and was killed before its confirmation counted; Y re-sent it twice
     resends = [tick(4, node=Y, late=300), tick(4, node=Y, late=400)]
-    report = check(make_run(tmp_path, [*all_ticks(), *resends]))
+    kill = fault(1, "kill", X, T0 + 4100, T0 + 5000)
+    report = check(make_run(tmp_path, [*all_ticks(), *resends], faults=kill))
     assert report.ok, report.violations
     total = report.groups["g"].total
     assert (total.once, total.duplicate_ticks, total.duplicate_copies) == (10, 1, 2)
     assert (total.duplicate_ticks_id_identical, total.duplicate_ticks_violating) == (1, 0)
+
+
+def test_at_least_once_duplicate_without_a_fault_of_its_nodes_is_a_violation(tmp_path: Path) -> None:
+    # Task ids are uuid5(topic, entry, tick): a split brain sends one id twice too, so the id alone proves nothing
+    kill_other = fault(1, "kill", "g-r7-1", T0 + 4100, T0 + 5000)
+    report = check(make_run(tmp_path, [*all_ticks(), tick(4, node=Y, late=300)], faults=kill_other))
+    only_violation(report, "no fault of those nodes or the brokers around it")
 
 
 def test_at_least_once_duplicate_with_another_task_id_is_a_violation(tmp_path: Path) -> None:
@@ -118,6 +127,55 @@ def test_catchup_once_does_not_excuse_a_tick_whose_successor_was_on_time(tmp_pat
     only_violation(report, "a loss outside the policy")
     total = report.groups["g"].total
     assert (total.missing_once, total.missing_not_allowed) == (0, 2)
+
+
+def sync_log(path: Path, decided: dict[int, tuple[int, str]]) -> None:
+    """Write ``sync-g.jsonl``: tick k decided at broker time T0 + at by node ``node`` (X or Y)."""
+    lines = [{"o": 0, "t": T0 - 9000, "s": "sx", "k": "hello", "node": X}]
+    lines.append({"o": 1, "t": T0 - 9000, "s": "sy", "k": "hello", "node": Y})
+    for k, (at, node) in sorted(decided.items()):
+        item = ["e", 2 if node == X else 3, T0 + k * 1000]
+        lines.append({"o": 4 + k, "t": T0 + at, "s": "sx" if node == X else "sy", "k": "decide", "i": [item]})
+    (path / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_with_the_sync_log_once_allows_only_ticks_overdue_past_the_grace_when_the_next_was_decided(
+    tmp_path: Path,
+) -> None:
+    # Given ticks 3 and 4 never decided; X decided up to 2, Y decided 5 (and on) at broker time T0 + 5.2 s
+    ticks = [tick(k) for k in range(3)] + [tick(k, node=Y, late=250 if k == 5 else 5) for k in range(5, 11)]
+    decided = {k: (k * 1000 - 250, X) for k in range(3)} | {k: (max(5200, k * 1000 - 250), Y) for k in range(5, 11)}
+    run = make_run(tmp_path / "late", ticks, catchup="once")
+    sync_log(run, decided)
+    report = check(run)
+    # Then both were overdue past the grace at that decision: collapsed, as 'once' says
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_once == 2
+    # But when Y decided 5 ahead of time (T0 + 4.75 s), tick 4 was not past the grace: a loss at the handover,
+    # although the epoch changed and tick 5 arrived more than the grace after tick 4
+    decided[5] = (4750, Y)
+    run = make_run(tmp_path / "handover", ticks, catchup="once")
+    sync_log(run, decided)
+    report = check(run)
+    only_violation(report, "a loss outside the policy")
+    assert (report.groups["g"].total.missing_once, report.groups["g"].total.missing_not_allowed) == (1, 1)
+
+
+def test_with_the_sync_log_a_decided_tick_never_published_is_at_most_once_only_if_its_decider_failed(
+    tmp_path: Path,
+) -> None:
+    ticks = [tick(k) for k in range(11) if k != 4]
+    decided = {k: (k * 1000 - 250, X) for k in range(11)}
+    for name, delivery, kind, ok in [
+        ("amo-kill", "at-most-once", "kill", True),
+        ("amo-term", "at-most-once", "term", False),
+        ("alo-kill", "at-least-once", "kill", False),
+    ]:
+        run = make_run(tmp_path / name, ticks, delivery=delivery, faults=fault(1, kind, X, T0 + 3900, T0 + 4500))
+        sync_log(run, decided)
+        report = check(run)
+        assert report.ok is ok, (name, report.violations)
+        assert report.groups["g"].total.missing_at_most_once == (1 if ok else 0)
 
 
 def amo_run(path: Path, *faults: str) -> Report:
