@@ -58,10 +58,10 @@ def _run(args: argparse.Namespace) -> int:
 
 METHOD = """\
 Written by `python -m celery_kafka_beat.chaos run --seed SEED --minutes M --report docs/reliability.md` (one run,
-both delivery modes side by side), here `--seed 2026 --minutes 30` and `--seed 7 --minutes 30 --groups
-alo-once,amo-all`, then `python -m celery_kafka_beat.chaos report RUN_DIR... --out docs/reliability.md`. The checker
-alone: `python -m celery_kafka_beat.chaos check RUN_DIR`. The short
-run in the default test suite is `tests/chaos/test_chaos.py` (every fault kind once, both modes).
+both delivery modes side by side), here `--seed 2026 --minutes 30` (groups `alo,amo`) and `--seed 2027 --minutes 30
+--groups alo,amo,alo-once`, then `python -m celery_kafka_beat.chaos report RUN_DIR... --out docs/reliability.md`.
+The checker alone: `python -m celery_kafka_beat.chaos check RUN_DIR`. The short run in the default test suite is
+`tests/chaos/test_chaos.py` (every fault kind once, both modes).
 
 **Set-up.** A 3-broker Kafka cluster (KRaft, jars from Maven Central, `broker.session.timeout.ms` 4 s, topic
 replication factor 3, `min.insync.replicas` 2), a Redis as the Celery broker and, per group, 3 replicas of
@@ -84,22 +84,23 @@ hang in `Consumer.close` on this machine); scale up (to at most 5 replicas) and 
 restart of every replica. A replica fault hits each group at once, usually the replica that last dispatched a
 chosen entry (its owner); a broker fault hits both groups.
 
-**Checker.** After the faults the harness waits until every entry has dispatched past the window and groups
-that may lose nothing have every tick (at most 90 s), then stops everything. Besides the task messages, the
-harness reads each group's sync topic (straight from the brokers) and logs every claim and decision with its broker
-time. The checker derives each entry's tick grid from what arrived and counts, per tick of the window: received
-once, more than once, or missing. A duplicate is allowed only in at-least-once mode, with one task id for every
-copy, and only around a fault of a node that sent it (or of the brokers): a re-send. A tick never decided is
-allowed missing by catch-up `once` when the entry's next decided tick was decided more than the 1 s grace after
-it. A tick decided and never published is allowed missing in at-most-once mode when an unclean fault (kill,
-stop, partition, broker) hit the node that decided it, or the brokers, from 1 s before the tick to lease + 1 s
-after the fault. Anything else is a loss outside the policy. The first run (seed 2026) predates the sync log:
-its missing ticks were judged from the arrivals alone, a looser rule (see `celery_kafka_beat/chaos/checker.py`).
-The failover gap of a fault is the time from the fault to the first dispatch of each entry its target owned by
-another replica (the largest of them); lateness is receive time minus tick, measured at the Redis consumer.
-Faults overlap (one every 4-10 s, many last longer), so the worst gaps of a kind are often another fault's doing:
-a SIGTERM of the only replica not cut off from Kafka waits for the partition to heal. Absolute times are from a
-2-core machine shared by 3 brokers, up to 10 replicas and the harness."""
+**Checker.** After the faults the harness waits until every entry has dispatched past the window and groups that may
+lose nothing have every tick (at most 90 s), then stops everything. Besides the task messages, the harness reads
+each group's sync topic (straight from the brokers) and logs every claim and decision with its broker time. The
+checker derives each entry's tick grid from what arrived and counts, per tick of the window: received once, more
+than once, or missing. A duplicate is allowed only in at-least-once mode, with one task id for every copy, and only
+around a fault of a node that sent it (or of the brokers): a re-send. A decision that lands after a later claim of
+its entry was granted (a cut-off owner's late write) decided nothing. A tick never decided is allowed missing by
+catch-up `once` when the entry's next decided tick was decided more than the 1 s grace after it. A tick decided and
+never published is allowed missing in at-most-once mode when an unclean fault (kill, stop, partition, broker, or a
+stop that had to be SIGKILLed) hit the node that decided it, or the brokers, and the tick fell between 1 s before
+the fault began and lease + 1 s after it ended. Anything else is a loss outside the policy. The first run (seed
+2026) predates the sync log: its missing ticks were judged from the arrivals alone, a looser rule (see
+`celery_kafka_beat/chaos/checker.py`). The failover gap of a fault is the time from the fault to the first dispatch
+of each entry its target owned by another replica (the largest of them); lateness is receive time minus tick,
+measured at the Redis consumer. Faults overlap (one every 4-10 s, many last longer), so the worst gaps of a kind are
+often another fault's doing: a SIGTERM of the only replica not cut off from Kafka waits for the partition to heal.
+Absolute times are from a 2-core machine shared by 3 brokers, up to 5 replicas per group and the harness."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ Per group and entry, the rules are:
   the re-send of a tick whose confirmation did not make it into the log. Task ids are derived from the tick, so a
   split brain would also send one id twice; the fault is what tells a re-send from it.
 * **Missing ticks, with the sync log** (``sync-<group>.jsonl``: the harness reads every claim and decide record
-  of the group's topic with its broker time). A tick never decided is allowed by catch-up 'once' when the entry's
+  of the group's topic with its broker time). Only valid decisions count: one that lands after a later claim of
+  its entry was granted (a cut-off or paused owner's late write, which the protocol ignores) decided nothing.
+  A tick never decided is allowed by catch-up 'once' when the entry's
   next decided tick was decided more than the grace after it: the owner then found it overdue past the grace and,
   as 'once' says, decided only the latest tick due. A tick decided but never published is allowed in at-most-once
   mode when an unclean fault (kill, stop, partition, broker) hit the deciding node, or the brokers, between 1 s
@@ -210,6 +212,11 @@ class _Fault:
     target: str
     start: int
     end: int
+    forced: bool = False  # a clean stop that timed out and was SIGKILLed (detail "clean": false)
+
+    @property
+    def unclean(self) -> bool:
+        return self.kind in UNCLEAN_KINDS or self.forced
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -274,9 +281,13 @@ def _read_messages(path: Path, violations: list[str]) -> list[_Message]:
     return sorted(messages, key=lambda m: m.recv)  # stable: file order among equal receive times
 
 
+def _forced(detail: object) -> bool:
+    return isinstance(detail, dict) and detail.get("clean") is False
+
+
 def _read_faults(path: Path, window_end: int, violations: list[str], notes: list[str]) -> list[_Fault]:
     """Pair start and end events by (n, group, target), in time order."""
-    events: list[tuple[int, int, str, str | None, str, str]] = []
+    events: list[tuple[int, int, str, str | None, str, str, bool]] = []
     for lineno, obj in _read_jsonl(path, violations):
         try:
             group = obj.get("group")
@@ -293,18 +304,20 @@ def _read_faults(path: Path, window_end: int, violations: list[str], notes: list
                     group,
                     _get(obj, "target", str),
                     phase,
+                    _forced(obj.get("detail")),
                 )
             )
         except _Malformed as exc:
             violations.append(f"{path.name} line {lineno}: malformed ({exc})")
     open_starts: dict[tuple[int, str, str | None, str], list[int]] = defaultdict(list)
     faults = []
-    for t, n, kind, group, target, phase in sorted(events, key=lambda e: e[0]):
+    for t, n, kind, group, target, phase, forced in sorted(events, key=lambda e: e[0]):
         key = (n, kind, group, target)
         if phase == "start":
             open_starts[key].append(t)
         elif open_starts[key]:
-            faults.append(_Fault(n=n, kind=kind, group=group, target=target, start=open_starts[key].pop(0), end=t))
+            start = open_starts[key].pop(0)
+            faults.append(_Fault(n=n, kind=kind, group=group, target=target, start=start, end=t, forced=forced))
         else:
             notes.append(f"fault {n} ({kind} of {target}): an end without a start, ignored")
     for (n, kind, group, target), starts in open_starts.items():
@@ -321,13 +334,19 @@ class _Decisions:
     decided: dict[tuple[str, int], list[tuple[int, int, str]]]
     by_entry: dict[str, list[int]]  # decided ticks per entry, sorted
     gaps: int
+    zombies: int  # decide records ignored: their epoch was superseded when they landed
 
 
 def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
+    """Valid decisions only: a decide record whose epoch was already superseded when it landed is a zombie's (its
+    writer was cut off or paused, the protocol ignores it) and decided nothing. Epochs are claim offsets, so epoch
+    ``e`` of an entry is superseded at offset ``o`` when a later claim ``c`` (``e < c < o``) of the entry was
+    granted, which shows as decisions with epoch ``c``."""
     if not path.exists():
         return None
     nodes: dict[str, str] = {}
-    decided: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
+    items: list[tuple[str, int, int, int, str]] = []  # entry, tick, epoch, broker time, node; in log order
+    offsets: list[int] = []
     gaps = 0
     for lineno, obj in _read_jsonl(path, violations):
         try:
@@ -336,18 +355,32 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
             elif obj.get("k") == "hello":
                 nodes[_get(obj, "s", str)] = _get(obj, "node", str)
             elif obj.get("k") == "decide":
-                at, node = _get(obj, "t", int), nodes.get(_get(obj, "s", str), "?")
-                for item in _get(obj, "i", list):
-                    entry, epoch, tick = item
-                    decided[(str(entry), int(tick))].append((at, int(epoch), node))
+                at, offset, node = _get(obj, "t", int), _get(obj, "o", int), nodes.get(_get(obj, "s", str), "?")
+                for entry, epoch, tick in _get(obj, "i", list):
+                    items.append((str(entry), int(tick), int(epoch), at, node))
+                    offsets.append(offset)
         except (_Malformed, ValueError, TypeError) as exc:
             violations.append(f"{path.name} line {lineno}: malformed ({exc})")
+    epochs: dict[str, list[int]] = defaultdict(list)  # epochs each entry was decided under, sorted
+    for entry, _, epoch, _, _ in items:
+        epochs[entry].append(epoch)
+    for used in epochs.values():
+        used.sort()
+    decided: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
+    zombies = 0
+    for (entry, tick, epoch, at, node), offset in zip(items, offsets, strict=True):
+        used = epochs[entry]
+        newer = used[bisect.bisect_right(used, epoch)] if bisect.bisect_right(used, epoch) < len(used) else None
+        if newer is not None and newer < offset:
+            zombies += 1
+            continue
+        decided[(entry, tick)].append((at, epoch, node))
     by_entry: dict[str, list[int]] = defaultdict(list)
     for entry, tick in decided:
         by_entry[entry].append(tick)
     for ticks in by_entry.values():
         ticks.sort()
-    return _Decisions(decided=dict(decided), by_entry=dict(by_entry), gaps=gaps)
+    return _Decisions(decided=dict(decided), by_entry=dict(by_entry), gaps=gaps, zombies=zombies)
 
 
 def _read_run(run_dir: Path, notes: list[str]) -> tuple[dict[str, object], tuple[int, int], list[_GroupConfig]]:
@@ -396,8 +429,11 @@ def check(run_dir: Path) -> Report:
         decisions = _read_decisions(run_dir / f"sync-{config.name}.jsonl", file_violations)
         if decisions is None:
             notes.append(f"{config.name}: no sync-{config.name}.jsonl: missing ticks judged by the heuristic rules")
-        elif decisions.gaps:
-            notes.append(f"{config.name}: the sync log skipped records {decisions.gaps} time(s) (deleted before read)")
+        else:
+            if decisions.gaps:
+                notes.append(f"{config.name}: the sync log skipped records {decisions.gaps} time(s) (deleted unread)")
+            if decisions.zombies:
+                notes.append(f"{config.name}: {decisions.zombies} decisions landed after their epoch was superseded")
         result = _check_group(
             config,
             start=start,
@@ -454,7 +490,7 @@ def _check_group(
     if unknown:
         notes.append(f"{config.name}: messages of unknown entries: {dict(sorted(unknown.items()))}")
     outside = sum(1 for m in messages if m.entry in config.periods_ms and not start <= m.tick <= end)
-    unclean = [f for f in faults if f.kind in UNCLEAN_KINDS]
+    unclean = [f for f in faults if f.unclean]
     quiet_windows = _merge((f.start, f.end + config.lease_ms + QUIET_AFTER_MS) for f in faults)
     entries: dict[str, Counts] = {}
     lateness: list[int] = []

@@ -133,9 +133,10 @@ def sync_log(path: Path, decided: dict[int, tuple[int, str]]) -> None:
     """Write ``sync-g.jsonl``: tick k decided at broker time T0 + at by node ``node`` (X or Y)."""
     lines = [{"o": 0, "t": T0 - 9000, "s": "sx", "k": "hello", "node": X}]
     lines.append({"o": 1, "t": T0 - 9000, "s": "sy", "k": "hello", "node": Y})
-    for k, (at, node) in sorted(decided.items()):
-        item = ["e", 2 if node == X else 3, T0 + k * 1000]
-        lines.append({"o": 4 + k, "t": T0 + at, "s": "sx" if node == X else "sy", "k": "decide", "i": [item]})
+    for k, (at, node) in sorted(decided.items()):  # X's claim is offset 2; Y's comes right after X's last decision
+        epoch = 2 if node == X else 100 + max(j for j, (_, n) in decided.items() if n == X) + 1
+        item = ["e", epoch, T0 + k * 1000]
+        lines.append({"o": 100 + k, "t": T0 + at, "s": "sx" if node == X else "sy", "k": "decide", "i": [item]})
     (path / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -159,6 +160,23 @@ def test_with_the_sync_log_once_allows_only_ticks_overdue_past_the_grace_when_th
     report = check(run)
     only_violation(report, "a loss outside the policy")
     assert (report.groups["g"].total.missing_once, report.groups["g"].total.missing_not_allowed) == (1, 1)
+
+
+def test_with_the_sync_log_a_zombie_decision_decided_nothing(tmp_path: Path) -> None:
+    # Given X cut off after deciding tick 3; Y claimed (epoch 3) and, 'once', decided only tick 6 at T0 + 6.2 s
+    ticks = [tick(k) for k in range(4)] + [tick(k, node=Y) for k in range(6, 11)]
+    decided = {k: (k * 1000 - 250, X) for k in range(4)} | {k: (max(6200, k * 1000 - 250), Y) for k in range(6, 11)}
+    run = make_run(tmp_path, ticks, delivery="at-least-once", catchup="once")
+    sync_log(run, decided)
+    # When X's decision of tick 4 (epoch 2, sent before the cut) lands after the heal, behind Y's decisions
+    zombie = {"o": 199, "t": T0 + 9000, "s": "sx", "k": "decide", "i": [["e", 2, T0 + 4000]]}
+    with (run / "sync-g.jsonl").open("a") as out:
+        out.write(json.dumps(zombie) + "\n")
+    report = check(run)
+    # Then tick 4 counts as never decided: collapsed by 'once' like tick 5, not an at-least-once loss
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_once == 2
+    assert any("1 decisions landed after their epoch was superseded" in note for note in report.notes)
 
 
 def test_with_the_sync_log_a_decided_tick_never_published_is_at_most_once_only_if_its_decider_failed(
@@ -202,6 +220,15 @@ def test_at_most_once_loss_after_a_clean_stop_is_a_violation(tmp_path: Path) -> 
     assert report.groups["g"].total.missing_not_allowed == 3
     # Nor does an unclean fault of another node excuse it
     only_violation(amo_run(tmp_path / "other", *fault(1, "kill", Y, T0 + 4200, T0 + 5000)), "outside the policy")
+
+
+def test_a_clean_stop_that_had_to_be_killed_counts_as_unclean(tmp_path: Path) -> None:
+    term = fault(1, "term", X, T0 + 4200, T0 + 5000)
+    forced = json.loads(term[1])
+    forced["detail"] = {"clean": False}  # the harness SIGKILLed it after the stop timeout
+    report = amo_run(tmp_path, term[0], json.dumps(forced))
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_at_most_once == 3
 
 
 def test_at_most_once_loss_past_the_lease_after_the_fault_is_a_violation(tmp_path: Path) -> None:
