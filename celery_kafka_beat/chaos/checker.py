@@ -168,6 +168,7 @@ class GroupResult:
     fault_counts: dict[str, int]  # distinct faults (by n) applied to this group, by kind; broker faults included
     violations: list[str]
     lateness_ms: list[int] = field(default_factory=list, repr=False)  # first copies, for plots
+    zombie_decisions: int | None = None  # decisions that landed superseded (None: no sync log)
 
     @property
     def ok(self) -> bool:
@@ -544,6 +545,7 @@ def _check_group(
         fault_counts=dict(fault_counts),
         violations=violations,
         lateness_ms=lateness,
+        zombie_decisions=None if decisions is None else decisions.zombies,
     )
 
 

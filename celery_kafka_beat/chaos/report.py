@@ -75,6 +75,12 @@ def _run_section(report: Report, png_link: str) -> list[str]:
             f"**{verdict(g)}**",
             "",
         ]
+        if g.zombie_decisions is not None:
+            lines += [
+                f"Decisions that landed after their epoch was superseded (late writes of a replica that was cut off "
+                f"or paused; the protocol ignored them): {g.zombie_decisions}.",
+                "",
+            ]
     lines += [
         "Failover gaps by fault kind (seconds):",
         "",
