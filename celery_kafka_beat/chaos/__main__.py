@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ def _groups(text: str, lease: float) -> list[GroupSpec]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # SIGTERM ends the run like Ctrl-C: the harness still stops its replicas, brokers and Redis.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = Path(args.out or f"chaos-runs/seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     kinds = args.kinds.split(",") if args.kinds else list(KINDS)
     unknown = set(kinds) - set(KINDS)

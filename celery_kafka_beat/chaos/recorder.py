@@ -137,8 +137,9 @@ class Recorder:
 
 class SyncLog:
     """Tails a group's sync topic from its start (straight to the brokers, past the proxies) and logs, as JSON
-    lines (``sync-<group>.jsonl``), what the checker needs to judge a missing tick exactly: each hello (session to
-    node), claim and decide record with its offset and broker time (LogAppendTime). A jump in offsets (records
+    lines (``sync-<group>.jsonl``), what the checker needs to judge a missing tick exactly: every record's offset,
+    broker time (LogAppendTime), session and kind (a record renews its session's lease), and for a hello its node
+    and lease, for a claim its entries, for a decide its items. A jump in offsets (records
     deleted by the snapshot cleaner before they were read) is logged as ``{"gap": [from, to]}``."""
 
     def __init__(self, bootstrap: str, topic: str, path: Path) -> None:
@@ -189,16 +190,14 @@ class SyncLog:
             record = wire.decode(value)
         except wire.WireError:
             return
-        line: dict[str, Any] = {"o": offset, "t": ts, "s": record.session}
+        line: dict[str, Any] = {"o": offset, "t": ts, "s": record.session, "k": type(record).__name__.lower()}
         match record:
             case wire.Hello():
-                line |= {"k": "hello", "node": record.node}
+                line |= {"node": record.node, "lease": record.lease_ms}
             case wire.Claim():
-                line |= {"k": "claim", "e": list(record.entries)}
+                line |= {"e": list(record.entries)}
             case wire.Decide():
-                line |= {"k": "decide", "i": [[i.entry, i.epoch, i.tick] for i in record.items], "a": record.ack}
-            case _:
-                return
+                line |= {"i": [[i.entry, i.epoch, i.tick] for i in record.items], "a": record.ack}
         self._write(line)
 
     def _write(self, line: dict[str, Any]) -> None:
