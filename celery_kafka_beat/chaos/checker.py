@@ -339,26 +339,50 @@ class _Decisions:
 
 
 def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
-    """Valid decisions only: a decide record whose epoch was already superseded when it landed is a zombie's (its
-    writer was cut off or paused, the protocol ignores it) and decided nothing. Epochs are claim offsets, so epoch
-    ``e`` of an entry is superseded at offset ``o`` when a later claim ``c`` (``e < c < o``) of the entry was
-    granted, which shows as decisions with epoch ``c``."""
+    """Valid decisions only. A decide record that lands after its session's lease ran out (in log time), or whose
+    epoch was already superseded, is a zombie's (its writer was cut off or paused; the protocol ignores it) and
+    decided nothing. Epochs are claim offsets, so epoch ``e`` of an entry is superseded at offset ``o`` when a
+    later claim ``c`` (``e < c < o``) of the entry was granted, which shows as decisions with epoch ``c``."""
     if not path.exists():
         return None
     nodes: dict[str, str] = {}
     items: list[tuple[str, int, int, int, str]] = []  # entry, tick, epoch, broker time, node; in log order
     offsets: list[int] = []
-    gaps = 0
+    gaps = dead = 0
+    # Sessions as the protocol folds them: a record of a live session renews its lease to the log time (the largest
+    # broker time so far); past renewed + lease, or after a goodbye, the session is over and its records count for
+    # nothing. (A hello without a lease, from an older harness, never expires.)
+    renewed: dict[str, int] = {}  # live sessions
+    leases: dict[str, int | None] = {}
+    log_time = 0
     for lineno, obj in _read_jsonl(path, violations):
         try:
             if "gap" in obj:
                 gaps += 1
-            elif obj.get("k") == "hello":
-                nodes[_get(obj, "s", str)] = _get(obj, "node", str)
-            elif obj.get("k") == "decide":
-                at, offset, node = _get(obj, "t", int), _get(obj, "o", int), nodes.get(_get(obj, "s", str), "?")
+                continue
+            log_time = max(log_time, _get(obj, "t", int))
+            for sid in [
+                sid for sid, at in renewed.items() if (lease := leases[sid]) is not None and at + lease < log_time
+            ]:
+                del renewed[sid]
+            kind, session = obj.get("k"), _get(obj, "s", str)
+            if kind == "hello":
+                if session not in nodes:
+                    nodes[session] = _get(obj, "node", str)
+                    given = obj.get("lease")
+                    leases[session] = given if isinstance(given, int) else None
+                    renewed[session] = log_time
+                continue
+            if session not in renewed:
+                dead += kind == "decide"
+                continue
+            renewed[session] = log_time
+            if kind == "goodbye":
+                del renewed[session]
+            elif kind == "decide":
+                offset, node = _get(obj, "o", int), nodes[session]
                 for entry, epoch, tick in _get(obj, "i", list):
-                    items.append((str(entry), int(tick), int(epoch), at, node))
+                    items.append((str(entry), int(tick), int(epoch), log_time, node))
                     offsets.append(offset)
         except (_Malformed, ValueError, TypeError) as exc:
             violations.append(f"{path.name} line {lineno}: malformed ({exc})")
@@ -368,7 +392,7 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
     for used in epochs.values():
         used.sort()
     decided: dict[tuple[str, int], list[tuple[int, int, str]]] = defaultdict(list)
-    zombies = 0
+    zombies = dead
     for (entry, tick, epoch, at, node), offset in zip(items, offsets, strict=True):
         used = epochs[entry]
         newer = used[bisect.bisect_right(used, epoch)] if bisect.bisect_right(used, epoch) < len(used) else None

@@ -179,6 +179,28 @@ def test_with_the_sync_log_a_zombie_decision_decided_nothing(tmp_path: Path) -> 
     assert any("1 decisions landed after their epoch was superseded" in note for note in report.notes)
 
 
+def test_with_the_sync_log_a_decision_after_its_session_expired_decided_nothing(tmp_path: Path) -> None:
+    # Given X (lease 3 s) deciding ticks 0-3, its last record at T0 + 2.75 s; its decision of tick 4 lands at
+    # T0 + 7 s (the brokers were away), after its lease ran out; Y then starts and decides ticks 7-10
+    def decide(o: int, at: int, session: str, epoch: int, k: int) -> dict[str, object]:
+        return {"o": o, "t": T0 + at, "s": session, "k": "decide", "i": [["e", epoch, T0 + k * 1000]]}
+
+    lines: list[dict[str, object]] = [{"o": 0, "t": T0 - 1000, "s": "sx", "k": "hello", "node": X, "lease": 3000}]
+    lines += [decide(10 + k, k * 1000 - 250, "sx", 1, k) for k in range(4)]
+    lines.append(decide(14, 7000, "sx", 1, 4))
+    lines.append({"o": 15, "t": T0 + 7000, "s": "sy", "k": "hello", "node": Y, "lease": 3000})
+    lines.append({"o": 16, "t": T0 + 7010, "s": "sy", "k": "claim", "e": ["e"]})
+    lines += [decide(17 + k, max(7050, k * 1000 - 250), "sy", 16, k) for k in range(7, 11)]
+    ticks = [tick(k) for k in range(4)] + [tick(k, node=Y, late=60 if k == 7 else 5) for k in range(7, 11)]
+    run = make_run(tmp_path, ticks, delivery="at-least-once", catchup="once")
+    (run / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = check(run)
+    # Then tick 4 was never validly decided: with 5 and 6, collapsed into tick 7 by 'once'
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_once == 3
+    assert any("1 decisions landed after their epoch was superseded" in note for note in report.notes)
+
+
 def test_with_the_sync_log_a_decided_tick_never_published_is_at_most_once_only_if_its_decider_failed(
     tmp_path: Path,
 ) -> None:
