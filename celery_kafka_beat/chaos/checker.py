@@ -458,7 +458,9 @@ def check(run_dir: Path) -> Report:
             if decisions.gaps:
                 notes.append(f"{config.name}: the sync log skipped records {decisions.gaps} time(s) (deleted unread)")
             if decisions.zombies:
-                notes.append(f"{config.name}: {decisions.zombies} decisions landed after their epoch was superseded")
+                notes.append(
+                    f"{config.name}: {decisions.zombies} decisions landed too late (session expired or epoch superseded)"
+                )
         result = _check_group(
             config,
             start=start,

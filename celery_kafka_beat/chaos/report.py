@@ -28,6 +28,9 @@ def verdict(group: GroupResult) -> str:
     """PASS or FAIL with the counts of duplicates and losses the group's policy does not allow."""
     t = group.total
     head = f"{t.duplicate_ticks_violating} duplicates / {t.missing_not_allowed} losses outside the policy"
+    allowed = t.duplicate_ticks - t.duplicate_ticks_violating
+    if allowed:
+        head += f"; {allowed} re-sends after a fault (same task id, allowed in at-least-once)"
     if group.ok:
         return f"PASS: {head}"
     off_grid = f", {t.off_grid} off-grid ticks" if t.off_grid else ""
@@ -77,8 +80,9 @@ def _run_section(report: Report, png_link: str) -> list[str]:
         ]
         if g.zombie_decisions is not None:
             lines += [
-                f"Decisions that landed after their epoch was superseded (late writes of a replica that was cut off "
-                f"or paused; the protocol ignored them): {g.zombie_decisions}.",
+                f"Decisions that landed too late, after their session's lease ran out or their epoch was superseded "
+                f"(late writes of a replica that was cut off, paused or stuck behind a broker outage; the protocol "
+                f"ignored them): {g.zombie_decisions}.",
                 "",
             ]
     lines += [
