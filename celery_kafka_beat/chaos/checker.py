@@ -459,7 +459,7 @@ def check(run_dir: Path) -> Report:
                 notes.append(f"{config.name}: the sync log skipped records {decisions.gaps} time(s) (deleted unread)")
             if decisions.zombies:
                 notes.append(
-                    f"{config.name}: {decisions.zombies} decisions landed too late (session expired or epoch superseded)"
+                    f"{config.name}: {decisions.zombies} decisions landed too late (session expired, epoch superseded)"
                 )
         result = _check_group(
             config,
