@@ -67,43 +67,44 @@ The checker alone: `python -m celery_kafka_beat.chaos check RUN_DIR`. The short 
 `tests/chaos/test_chaos.py` (every fault kind once, both modes).
 
 **Set-up.** A 3-broker Kafka cluster (KRaft, jars from Maven Central, `broker.session.timeout.ms` 4 s, topic
-replication factor 3, `min.insync.replicas` 2), a Redis as the Celery broker and, per group, 3 replicas of
-`celery beat -S kafka` running `celery_kafka_beat/chaos/app.py` with 19 interval entries (16 every second, 2 every
-2 s, 1 every 5 s), lease 3 s, decision lead 0.25 s. The groups differ in delivery mode and catch-up policy
-(`--groups`): `alo` is at-least-once with catch-up `all` (it may lose nothing), `amo` at-most-once with `once`
-(it may duplicate nothing), `alo-once` the user-facing defaults (at-least-once, `once`), `amo-all` at-most-once
-with `all`. Each replica reaches
-Kafka only through its own TCP proxies (one per broker, on the ports the brokers advertise for that replica's
-listener), so the harness can cut one replica off from Kafka while it still reaches Redis. A recorder consumes
-every task message from Redis and logs entry, tick, task id, node, epoch and when it arrived.
+replication factor 3, `min.insync.replicas` 2), a Redis as the Celery broker and, per group, 3 replicas of `celery
+beat -S kafka` running `celery_kafka_beat/chaos/app.py` with 19 interval entries (16 every second, 2 every 2 s, 1
+every 5 s), lease 3 s, decision lead 0.25 s. The groups differ in delivery mode and catch-up policy (`--groups`):
+`alo` is at-least-once with catch-up `all` (it may lose nothing), `amo` at-most-once with `once` (it may duplicate
+nothing), `alo-once` the user-facing defaults (at-least-once, `once`), `amo-all` at-most-once with `all`. Each
+replica reaches Kafka only through its own TCP proxies (one per broker, on the ports the brokers advertise for that
+replica's listener), so the harness can cut one replica off from Kafka while it still reaches Redis. A recorder
+consumes every task message from Redis and logs entry, tick, task id, node, epoch and when it arrived.
 
 **Faults.** The plan comes from the seed (printed at the start, kept in `plan.json`): every kind once, then kinds
 drawn by weight, one every 4-10 s, overlapping when their durations do. Kinds: SIGKILL of a replica and restart
-0.5-6 s later; SIGTERM and restart; SIGSTOP for 1.3-3 leases, then SIGCONT (the zombie owner); a network
-partition from Kafka for 0.5-3 leases (bytes in flight are held and delivered after the heal: late zombie
-writes); SIGKILL of a broker (60 % the partition leader of the sync topic) and restart 2-10 s later; a restart with
-the wall clock 1-15 minutes off (Python's clocks in that replica, not librdkafka's; libfaketime makes librdkafka
-hang in `Consumer.close` on this machine); scale up (to at most 5 replicas) and down (to at least 2); a rolling
-restart of every replica. A replica fault hits each group at once, usually the replica that last dispatched a
-chosen entry (its owner); a broker fault hits both groups.
+0.5-6 s later; SIGTERM and restart; SIGSTOP for 1.3-3 leases, then SIGCONT (the zombie owner); a network partition
+from Kafka for 0.5-3 leases (bytes in flight are held and delivered after the heal: late zombie writes); SIGKILL of
+a broker (60 % the partition leader of the sync topic) and restart 2-10 s later; a restart with the wall clock 1-15
+minutes off (Python's clocks and Celery's `app.now()` in that replica, not librdkafka's; libfaketime makes
+librdkafka hang in `Consumer.close` on this machine); scale up (to at most 5 replicas) and down (to at least 2); a
+rolling restart of every replica. A replica fault hits each group at once, usually the replica that last dispatched
+a chosen entry (its owner); a broker fault hits every group.
 
 **Checker.** After the faults the harness waits until every entry has dispatched past the window and groups that may
 lose nothing have every tick (at most 90 s), then stops everything. Besides the task messages, the harness reads
-each group's sync topic (straight from the brokers) and logs every claim and decision with its broker time. The
-checker derives each entry's tick grid from what arrived and counts, per tick of the window: received once, more
-than once, or missing. A duplicate is allowed only in at-least-once mode, with one task id for every copy, and only
-around a fault of a node that sent it (or of the brokers): a re-send. A decision that lands after a later claim of
-its entry was granted (a cut-off owner's late write) decided nothing. A tick never decided is allowed missing by
-catch-up `once` when the entry's next decided tick was decided more than the 1 s grace after it. A tick decided and
-never published is allowed missing in at-most-once mode when an unclean fault (kill, stop, partition, broker, or a
-stop that had to be SIGKILLed) hit the node that decided it, or the brokers, and the tick fell between 1 s before
-the fault began and lease + 1 s after it ended. Anything else is a loss outside the policy. The first run (seed
-2026) predates the sync log: its missing ticks were judged from the arrivals alone, a looser rule (see
+each group's sync topic (straight from the brokers) and logs every record with its broker time. The checker derives
+each entry's tick grid from what arrived and counts, per tick of the window: received once, more than once, or
+missing. A duplicate is allowed only in at-least-once mode, with one task id for every copy, and only around a fault
+of a node that sent it (or of the brokers): a re-send. Decisions count as the protocol's fold counts them: one that
+lands after its session's lease ran out in log time, or after a later claim of its entry was granted (the late write
+of a cut-off, paused or stalled owner), decided nothing. A tick never decided is allowed missing by catch-up `once`
+when the entry's next decided tick was decided more than the 1 s grace after it. A tick decided and never published
+is allowed missing in at-most-once mode when an unclean fault (kill, stop, partition, broker, or a stop that had to
+be SIGKILLed) hit the node that decided it, or the brokers, and the tick fell between 1 s before the fault began and
+lease + 1 s after it ended. Anything else is a loss outside the policy. The first run (seed 2026) predates the sync
+log: its missing ticks were judged from the arrivals alone, a looser rule (see
 `celery_kafka_beat/chaos/checker.py`). The failover gap of a fault is the time from the fault to the first dispatch
-of each entry its target owned by another replica (the largest of them); lateness is receive time minus tick,
-measured at the Redis consumer. Faults overlap (one every 4-10 s, many last longer), so the worst gaps of a kind are
-often another fault's doing: a SIGTERM of the only replica not cut off from Kafka waits for the partition to heal.
-Absolute times are from a 2-core machine shared by 3 brokers, up to 5 replicas per group and the harness."""
+of each entry its target owned, among those ticking every second, by another replica (the largest of them); lateness
+is receive time minus tick, measured at the Redis consumer. Faults overlap (one every 4-10 s, many last longer), so
+the worst gaps of a kind are often another fault's doing: a SIGTERM of the only replica not cut off from Kafka waits
+for the partition to heal. Absolute times are from a 2-core machine shared by 3 brokers, up to 5 replicas per group
+and the harness."""
 
 
 def main(argv: list[str] | None = None) -> int:
