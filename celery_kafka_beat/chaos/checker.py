@@ -51,7 +51,7 @@ import json
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final, TypeVar
@@ -517,7 +517,6 @@ def _check_group(
     if unknown:
         notes.append(f"{config.name}: messages of unknown entries: {dict(sorted(unknown.items()))}")
     outside = sum(1 for m in messages if m.entry in config.periods_ms and not start <= m.tick <= end)
-    unclean = [f for f in faults if f.unclean]
     quiet_windows = _merge((f.start, f.end + config.lease_ms + QUIET_AFTER_MS) for f in faults)
     entries: dict[str, Counts] = {}
     lateness: list[int] = []
@@ -530,7 +529,6 @@ def _check_group(
             start=start,
             end=end,
             messages=by_entry[entry],
-            unclean=unclean,
             faults=faults,
             decisions=decisions,
             violations=violations,
@@ -583,7 +581,6 @@ def _check_entry(
     start: int,
     end: int,
     messages: list[_Message],
-    unclean: list[_Fault],
     faults: list[_Fault],
     decisions: _Decisions | None,
     violations: list[str],
@@ -620,12 +617,7 @@ def _check_entry(
         extra += n - 1
         identical = len({m.id for m in copies[tick]}) == 1
         dup_identical += identical
-        nodes_of = {m.node for m in copies[tick]}
-        explained = any(
-            f.start - AMO_BEFORE_MS <= tick <= f.end + config.lease_ms + AMO_AFTER_MS
-            and (f.kind == "broker" or f.target in nodes_of)
-            for f in faults
-        )
+        explained = _around(faults, tick, config.lease_ms, {m.node for m in copies[tick]})
         if config.delivery == "at-most-once" or not identical or not explained:
             dup_bad += 1
             nodes = ", ".join(m.node for m in copies[tick])
@@ -634,6 +626,7 @@ def _check_entry(
     if bad_dups:
         violations.append(f"entry {entry}: duplicates not allowed in {config.delivery}: {_examples(bad_dups)}")
 
+    unclean = [f for f in faults if f.unclean]
     missing_once = missing_amo = 0
     lost: list[int] = []
     for tick in expected:
@@ -659,12 +652,8 @@ def _check_entry(
                 missing_once += 1
                 continue
         if config.delivery == "at-most-once":
-            owner = copies[received[i - 1]][0].node if i > 0 else None
-            if any(
-                f.start - AMO_BEFORE_MS <= tick <= f.end + config.lease_ms + AMO_AFTER_MS
-                and (f.kind == "broker" or owner is None or f.target == owner)
-                for f in unclean
-            ):
+            owner = {copies[received[i - 1]][0].node} if i > 0 else None
+            if _around(unclean, tick, config.lease_ms, owner):
                 missing_amo += 1
                 continue
         lost.append(tick)
@@ -686,6 +675,16 @@ def _check_entry(
     return counts, lateness
 
 
+def _around(faults: Iterable[_Fault], tick: int, lease_ms: int, nodes: Container[str] | None) -> bool:
+    """Whether one of ``faults`` hit the brokers, or one of ``nodes`` (any node if None), between 1 s before its
+    start and lease + 1 s after its end, with ``tick`` in that stretch."""
+    return any(
+        f.start - AMO_BEFORE_MS <= tick <= f.end + lease_ms + AMO_AFTER_MS
+        and (f.kind == "broker" or nodes is None or f.target in nodes)
+        for f in faults
+    )
+
+
 def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Decisions, unclean: list[_Fault]) -> str:
     """Why ``tick`` of ``entry`` may be missing, from the sync topic's decisions: "once", "at-most-once" or "lost".
 
@@ -704,12 +703,7 @@ def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Deci
         return "lost"
     if config.delivery != "at-most-once":
         return "lost"
-    deciders = {node for _, _, node in decided}
-    hit = any(
-        f.start - AMO_BEFORE_MS <= tick <= f.end + config.lease_ms + AMO_AFTER_MS
-        and (f.kind == "broker" or f.target in deciders)
-        for f in unclean
-    )
+    hit = _around(unclean, tick, config.lease_ms, {node for _, _, node in decided})
     return "at-most-once" if hit else "lost"
 
 

@@ -59,9 +59,6 @@ class Partitioner:
     def heal(self, slot: int) -> None:
         self._loop.call_soon_threadsafe(self._gates[slot].set)
 
-    def is_cut(self, slot: int) -> bool:
-        return not self._gates[slot].is_set()
-
     def close(self) -> None:
         async def shutdown() -> None:
             for server in self._servers:

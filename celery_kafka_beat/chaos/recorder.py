@@ -66,8 +66,6 @@ class Recorder:
         self.path = path
         self.seen: dict[str, set[int]] = {}
         self.last_node: dict[str, str] = {}
-        self.count = 0
-        self.bad = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -104,10 +102,7 @@ class Recorder:
         with self._lock:
             self._out.write(json.dumps(line) + "\n")
             self._out.flush()
-            if "bad" in line:
-                self.bad += 1
-            else:
-                self.count += 1
+            if "bad" not in line:
                 self.seen.setdefault(line["entry"], set()).add(line["tick"])
                 self.last_node[line["entry"]] = line["node"]
         message.ack()
