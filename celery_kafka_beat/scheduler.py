@@ -52,6 +52,9 @@ _TASK_ID_NAMESPACE: Final = uuid.UUID("8d0b6c4e-3c1f-4f49-9d62-5b8a1f0e2a77")
 _WAIT_S: Final = 1.0
 # Why 1 s: pause between publish attempts of a tick that failed to publish (at-least-once mode).
 _RETRY_S: Final = 1.0
+# Why 1 s: how often tick() looks whether the node's entries changed, to log it (copying 100,000 names on every
+# tick would cost more than publishing).
+_OWNERSHIP_LOG_S: Final = 1.0
 # Why 10 s: how long a clean shutdown may take to publish what is decided and hand its entries over.
 _STOP_TIMEOUT_S: Final = 10.0
 
@@ -78,6 +81,7 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         self._terminating = threading.Event()
         self._closed = False
         self._owned_logged: frozenset[str] | None = None
+        self._ownership_due = 0.0
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -144,7 +148,9 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         if self._terminating.is_set():
             raise SystemExit(0)  # beat's loop catches it and calls close() through Service.sync()
         node = self._running_node()
-        self._log_ownership(node)
+        if time.monotonic() >= self._ownership_due:
+            self._ownership_due = time.monotonic() + _OWNERSHIP_LOG_S
+            self._log_ownership(node)
         wait = min(_WAIT_S, float(self.max_interval or _WAIT_S))
         if self._retry:
             wait = max(0.0, min(wait, self._retry[0][0] - time.monotonic()))

@@ -238,6 +238,9 @@ class NodeCore:
         self._offsets: deque[int] = deque(maxlen=_OFFSET_SAMPLES)
         self._desired: frozenset[str] = frozenset()
         self._desired_key: tuple[int, int, str | None] | None = None
+        self._claim_key: tuple[frozenset[str], int, int, str | None] | None = None
+        self._undesired_key: tuple[frozenset[str], int, int, str | None] | None = None
+        self._undesired: frozenset[str] = frozenset()  # owned entries not wanted (cached under _undesired_key)
         # In-flight requests by entry, with the local time they were sent: a record can be lost (the producer
         # gives up after message.timeout.ms), so after a lease without read-back the node asks again.
         self._claiming: dict[str, int] = {}
@@ -531,6 +534,10 @@ class NodeCore:
         arrival of the first one is still folded and, if valid, acted on: it is still in ``_sent``."""
         limit = now - self.settings.lease_ms
         for pending in (self._claiming, self._releasing, self._deciding):
+            # Each dict is in the order its requests were sent (a name is only added when absent), so the first
+            # value is the oldest: nothing to scan unless it is out of date.
+            if not pending or next(iter(pending.values())) >= limit:
+                continue
             for name in [n for n, at in pending.items() if at < limit]:
                 del pending[name]
                 if pending is self._deciding:
@@ -593,8 +600,14 @@ class NodeCore:
             if not any(isinstance(s.record, wire.CatalogPart) and s.at > recent for s in self._sent.values()):
                 return self._catalog_parts(now)  # our catalog was dropped before our hello arrived
             return []
+        # Entries become claimable only when the wanted set changes, an entry loses its owner or a claim is read
+        # back or forgotten: skip the scan of every wanted entry when none of that happened since the last one.
+        key = (self._desired, self.state.freed, len(self._claiming), self.session)
+        if key == self._claim_key:
+            return []
         todo = [name for name in self._desired if name not in self._claiming and self.state.owner_of(name) is None]
         if not todo:
+            self._claim_key = key
             return []
         todo = sorted(todo)[: self.settings.max_batch]
         self._claiming.update(dict.fromkeys(todo, now))
@@ -603,11 +616,25 @@ class NodeCore:
     def _release(self, now: int) -> list[Action]:
         assert self.session is not None
         owned = self.state.owned.get(self.session, set())
+        # Candidates: owned entries no longer wanted, and claims given up that are still held (their release may
+        # have been lost). Forget given-up claims that are no longer held: every check of them also checks that the
+        # entry is still owned under that epoch.
+        key = (self._desired, self.state.freed, self.state.granted, self.session)
+        if key != self._undesired_key:
+            self._undesired_key, self._undesired = key, frozenset(owned - self._desired)
+        candidates = set(self._undesired)
+        for name, epoch in list(self._released):
+            if self.state.owner_of(name) == (self.session, epoch):
+                candidates.add(name)
+            else:
+                self._released.discard((name, epoch))
+        if not candidates:
+            return []
         # Not while a tick of the entry is decided but not yet published, or handed to the shell and not yet
         # reported: the release would fence that publish, and the next owner re-sends only the last decided tick.
         pending = {entry for _, entry, _ in self._to_publish} | {entry for entry, _ in self._outstanding}
         items = []
-        for name in sorted(owned):  # sorted: the same actions whatever the hash seed
+        for name in sorted(candidates):  # sorted: the same actions whatever the hash seed
             owner = self.state.owner_of(name)
             assert owner is not None
             if name in self._releasing:
@@ -630,7 +657,8 @@ class NodeCore:
         if self.settings.delivery is not DeliveryMode.AT_LEAST_ONCE or self.session is None:
             return []
         actions: list[Action] = []
-        for name in sorted(self.state.owned.get(self.session, ())):
+        # Only entries with a tick decided by another session than the owner's can have one to re-send.
+        for name in sorted(self.state.owned.get(self.session, set()) & self.state.foreign):
             entry = self.state.entries[name]
             for tick, decider in entry.unconfirmed:
                 key = (name, tick)
@@ -652,7 +680,7 @@ class NodeCore:
         # thread: keep deciding them meanwhile, or their ticks would fall through the gap. (Not for ticks merely
         # decided and waiting for their time: with a period shorter than the decision lead there always is one,
         # and the entry would never move.)
-        held = {entry for entry, _ in self._outstanding}
+        held: set[str] | None = None  # built on first use: most calls never need it
         while self._agenda and self._agenda[0][0] <= broker_now and len(items) < self.settings.max_batch:
             at, name = heapq.heappop(self._agenda)
             if self._planned.get(name) != at:
@@ -663,8 +691,11 @@ class NodeCore:
                 continue
             if (name, owner[1]) in self._released:
                 continue  # given up (its release may still be on the way): it would not be published
-            if name not in self._desired and name not in held:
-                continue  # about to be released; the next owner decides
+            if name not in self._desired:
+                if held is None:
+                    held = {entry for entry, _ in self._outstanding}
+                if name not in held:
+                    continue  # about to be released; the next owner decides
             entry = self.state.entries[name]
             prev = entry.last_tick if entry.last_tick is not None else entry.anchor
             assert prev is not None  # a granted claim sets the anchor of an entry that never ran

@@ -98,6 +98,11 @@ class ClusterState:
     """Changes whenever the set of live sessions or their catalogs changes (cache key for assignment)."""
     freed: int = 0
     """Changes whenever an entry loses its owner (a node then looks for entries to claim)."""
+    granted: int = 0
+    """Changes whenever an entry gains an owner (with ``freed``: a cache key for "what a session owns")."""
+    foreign: set[str] = field(default_factory=set)
+    """Names of the owned entries with an unconfirmed tick decided by another session than the owner's: the ticks
+    the owner publishes again (at-least-once). Kept so that nobody scans every entry for them."""
 
     # -- folding -----------------------------------------------------------------------------------------------
 
@@ -183,6 +188,7 @@ class ClusterState:
         for name in self.owned.pop(sid, set()):
             entry = self.entries[name]
             entry.owner, entry.epoch = None, -1
+            self.foreign.discard(name)
             self.freed += 1
         if not any(s.catalog == gone.catalog for s in self.sessions.values()):
             self.catalogs.pop(gone.catalog, None)
@@ -214,6 +220,8 @@ class ClusterState:
             if entry.owner is not None:
                 continue
             entry.owner, entry.epoch = session.session, offset
+            self.granted += 1
+            self._index_foreign(name, entry)
             if entry.anchor is None and entry.last_tick is None:
                 entry.anchor = self.log_time
             self.owned.setdefault(session.session, set()).add(name)
@@ -232,6 +240,7 @@ class ClusterState:
             entry.last_offset, entry.published = offset, False
             if record.ack:
                 entry.unconfirmed = (*entry.unconfirmed, (item.tick, record.session))[-MAX_UNCONFIRMED:]
+                self._index_foreign(item.entry, entry)  # the oldest may have been dropped
             decided.append(item)
         return Outcome(valid=True, decided=tuple(decided))
 
@@ -244,12 +253,20 @@ class ClusterState:
                 entry.published = True
             if entry.unconfirmed:
                 entry.unconfirmed = tuple(u for u in entry.unconfirmed if u[0] != tick)
+                self._index_foreign(name, entry)
 
     def _disown(self, name: str, entry: EntryState) -> None:
         assert entry.owner is not None
         self.owned[entry.owner].discard(name)
         entry.owner, entry.epoch = None, -1
+        self.foreign.discard(name)
         self.freed += 1
+
+    def _index_foreign(self, name: str, entry: EntryState) -> None:
+        if entry.owner is not None and any(decider != entry.owner for _, decider in entry.unconfirmed):
+            self.foreign.add(name)
+        else:
+            self.foreign.discard(name)
 
     def _catalog_part(self, record: wire.CatalogPart) -> None:
         if record.digest in self.catalogs:
@@ -338,6 +355,7 @@ class ClusterState:
                 )
                 if owner is not None:
                     state.owned.setdefault(str(owner), set()).add(str(name))
+                state._index_foreign(str(name), state.entries[str(name)])
             state.catalogs = {str(d): frozenset(str(n) for n in names) for d, names in body["catalogs"]}
             state.partial_catalogs = {
                 str(d): (int(n), {int(i): str(s) for i, s in pieces}) for d, n, pieces in body["partial"]
