@@ -55,6 +55,10 @@ _RETRY_S: Final = 1.0
 # Why 1 s: how often tick() looks whether the node's entries changed, to log it (copying 100,000 names on every
 # tick would cost more than publishing).
 _OWNERSHIP_LOG_S: Final = 1.0
+# Why 200 ticks / 20 ms: confirmations share a record (each record costs every replica a fold), while the window
+# in which a crash leaves a published tick unconfirmed (and re-sent by the next owner) stays short.
+_CONFIRM_EVERY: Final = 200
+_CONFIRM_S: Final = 0.02
 # Why 10 s: how long a clean shutdown may take to publish what is decided and hand its entries over.
 _STOP_TIMEOUT_S: Final = 10.0
 
@@ -82,6 +86,8 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         self._closed = False
         self._owned_logged: frozenset[str] | None = None
         self._ownership_due = 0.0
+        self._unflushed = 0  # ticks published and confirmed to the node, not yet appended to the log
+        self._unflushed_since = 0.0
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -154,16 +160,23 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         wait = min(_WAIT_S, float(self.max_interval or _WAIT_S))
         if self._retry:
             wait = max(0.0, min(wait, self._retry[0][0] - time.monotonic()))
+        if self._unflushed:
+            wait = max(0.0, min(wait, self._unflushed_since + _CONFIRM_S - time.monotonic()))
         try:
             item = self._ticks.get(timeout=wait)
         except queue.Empty:
             item = None
         while item is not None:
-            self._publish(node, item)
+            if self._publish(node, item, flush=False):
+                if not self._unflushed:
+                    self._unflushed_since = time.monotonic()
+                self._unflushed += 1
+            self._flush_confirmations(node)
             try:
                 item = self._ticks.get_nowait()
             except queue.Empty:
                 item = None
+        self._flush_confirmations(node)
         self._publish_retries(node)
         if self._terminating.is_set():
             raise SystemExit(0)
@@ -198,11 +211,12 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
 
     # -- publishing ---------------------------------------------------------------------------------------------
 
-    def _publish(self, node: KafkaNode, tick: Dispatch) -> None:
+    def _publish(self, node: KafkaNode, tick: Dispatch, *, flush: bool = True) -> bool:
+        """Publish one tick; True if it went out (confirmed, in the log at once unless ``flush`` is False)."""
         entry = self.schedule.get(tick.entry)
         if entry is None:
             node.abort(tick)
-            return
+            return False
         if not node.may_publish(tick):
             log.warning(
                 "KafkaScheduler: tick %s of %s not published: this node no longer holds the entry",
@@ -210,12 +224,12 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
                 tick.entry,
             )
             node.abort(tick)
-            return
+            return False
         try:
             producer = self.producer  # connects (and retries) before the last ownership check
             if not node.may_publish(tick):
                 node.abort(tick)
-                return
+                return False
             result = self._send(entry, tick, producer)
         except Exception as exc:
             self._reset_connection()
@@ -238,8 +252,8 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
                     exc_info=True,
                 )
                 node.abort(tick)
-            return
-        node.confirm(tick)
+            return False
+        node.confirm(tick, flush=flush)
         entry.last_run_at = datetime.fromtimestamp(tick.tick / 1000, UTC)
         entry.total_run_count += 1
         log.info(
@@ -250,6 +264,17 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
             getattr(result, "id", "?"),
             " (again: its owner died before confirming it)" if tick.resend else "",
         )
+        return True
+
+    def _flush_confirmations(self, node: KafkaNode, *, now: bool = False) -> None:
+        """Confirmations go out together (one record for many ticks), once _CONFIRM_EVERY have gathered or the
+        oldest has waited _CONFIRM_S: a crash in between makes the next owner publish those ticks again
+        (at-least-once), so the wait stays short."""
+        if self._unflushed and (
+            now or self._unflushed >= _CONFIRM_EVERY or time.monotonic() - self._unflushed_since >= _CONFIRM_S
+        ):
+            node.flush_confirmations()
+            self._unflushed = 0
 
     def _publish_retries(self, node: KafkaNode) -> None:
         now = time.monotonic()
@@ -299,6 +324,7 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         node = self._node
         if not self._closed and node is not None and os.getpid() == self._pid:
             self._closed = True
+            self._flush_confirmations(node, now=True)
             node.stop(_STOP_TIMEOUT_S, wait=False)
             deadline = time.monotonic() + _STOP_TIMEOUT_S + 1.0
             while node.running and time.monotonic() < deadline:

@@ -29,6 +29,10 @@ from celery_kafka_beat.protocol.state import ClusterState, catalog_digest
 #: append (a tight bound), few enough to follow a broker clock step within seconds.
 _OFFSET_SAMPLES: Final = 32
 
+#: Default longest wait of a due decision for others to share its record (never more than a tenth of the decision
+#: lead; see NodeSettings.decide_batch_ms).
+_DECIDE_BATCH_MS: Final = 20
+
 #: A local time before any other (monotonic clocks need not start at zero, and the simulator's do not).
 _NEVER: Final = -(2**62)
 
@@ -80,10 +84,19 @@ class NodeSettings:
     snapshot_interval_ms: int = 300_000
     chunk_chars: int = 256 * 1024
     max_batch: int = 5000
+    decide_batch_ms: int | None = None
+    """Under load, how long a due decision may wait for others to share its record. Defaults to a tenth of the
+    decision lead, at most 20 ms; 0 decides every due plan at once."""
 
     @property
     def margin_ms(self) -> int:
         return self.lease_margin_ms if self.lease_margin_ms is not None else max(1, self.lease_ms // 10)
+
+    @property
+    def batch_ms(self) -> int:
+        if self.decide_batch_ms is not None:
+            return self.decide_batch_ms
+        return min(_DECIDE_BATCH_MS, self.decision_lead_ms // 10)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting to change."""
@@ -96,6 +109,11 @@ class NodeSettings:
             )
         if not 0 <= self.margin_ms < self.lease_ms - self.heartbeat_ms:
             raise ValueError(f"lease_margin_ms={self.margin_ms}: must be below lease_ms - heartbeat_ms")
+        if self.decide_batch_ms is not None and not 0 <= self.decide_batch_ms <= self.decision_lead_ms:
+            raise ValueError(
+                f"decide_batch_ms={self.decide_batch_ms}: must be between 0 and decision_lead_ms "
+                f"({self.decision_lead_ms}), or every batched decision could land after its tick"
+            )
         if self.decision_lead_ms < 0 or self.catchup_grace_ms < 0 or self.catchup_window_ms < 0:
             raise ValueError("decision_lead_ms, catchup_grace_ms and catchup_window_ms must not be negative")
         if self.snapshot_records < 1 or self.chunk_chars < 1024 or self.max_batch < 1:
@@ -241,6 +259,8 @@ class NodeCore:
         self._claim_key: tuple[frozenset[str], int, int, str | None] | None = None
         self._undesired_key: tuple[frozenset[str], int, int, str | None] | None = None
         self._undesired: frozenset[str] = frozenset()  # owned entries not wanted (cached under _undesired_key)
+        self._decide_batch_ms = settings.batch_ms
+        self._last_decided_at = -(10**12)
         # In-flight requests by entry, with the local time they were sent: a record can be lost (the producer
         # gives up after message.timeout.ms), so after a lease without read-back the node asks again.
         self._claiming: dict[str, int] = {}
@@ -249,6 +269,7 @@ class NodeCore:
         self._released: set[tuple[str, int]] = set()  # (entry, epoch) claims this session gave up
         self._to_publish: list[tuple[int, str, int]] = []  # heap of (tick, entry, epoch)
         self._unacked: list[tuple[str, int]] = []
+        self._unacked_since: int | None = None  # local time a timer first saw _unacked non-empty
         # Ticks handed to the shell (Dispatch) whose publish it has not yet reported (on_dispatched or
         # on_dispatch_failed): a clean stop waits for them before its goodbye.
         self._outstanding: set[tuple[str, int]] = set()
@@ -408,7 +429,7 @@ class NodeCore:
                 actions.append(self._append(wire.Heartbeat(session=self.session, seq=self._next_seq()), now))
             return actions
         self._reconcile()
-        actions += self._flush_acks(now)
+        actions += self._flush_acks_batched(now)
         actions += self._release(now)
         actions += self._claim(now)
         actions += self._resend(broker_now)
@@ -435,12 +456,18 @@ class NodeCore:
             return max(now, min(times))
         times.append(self._last_sent_at + self.settings.heartbeat_ms)
         if self._agenda:
-            times.append(self._local_or(self._agenda[0][0], now))
+            at = self._local_or(self._agenda[0][0], now)
+            if self._decide_batch_ms:
+                at = min(at + self._decide_batch_ms, max(at, self._last_decided_at + self._decide_batch_ms))
+            times.append(at)
         probe = self._probe_at()
         if probe is not None:
             times.append(probe)
-        if self._unacked or self._snapshotting is not None:
+        if self._snapshotting is not None:
             times.append(now + self.settings.heartbeat_ms // 4)
+        if self._unacked:
+            since = now if self._unacked_since is None else self._unacked_since
+            times.append(since + self._decide_batch_ms)
         return max(now, min(times))
 
     def on_dispatched(self, entry: str, tick: int) -> None:
@@ -519,6 +546,7 @@ class NodeCore:
         self._claiming.clear()
         self._releasing.clear()
         self._unacked.clear()
+        self._unacked_since = None
         self._outstanding.clear()
         self._agenda.clear()
         self._planned.clear()
@@ -563,9 +591,21 @@ class NodeCore:
             actions.append(Dispatch(entry, tick, self.session, epoch))
         return actions
 
+    def _flush_acks_batched(self, now: int) -> list[Action]:
+        """Confirmations wait up to the decision batch time (from the first timer that saw them) to share a
+        record; the shell's :meth:`flush_acks` appends them at once."""
+        if not self._unacked:
+            return []
+        if self._unacked_since is None:
+            self._unacked_since = now
+        if now - self._unacked_since < self._decide_batch_ms:
+            return []
+        return self._flush_acks(now)
+
     def _flush_acks(self, now: int) -> list[Action]:
         if not self._unacked or self.session is None:
             return []
+        self._unacked_since = None
         items, self._unacked = tuple(self._unacked), []
         return [self._append(wire.Published(session=self.session, seq=self._next_seq(), items=items), now)]
 
@@ -680,6 +720,18 @@ class NodeCore:
         # thread: keep deciding them meanwhile, or their ticks would fall through the gap. (Not for ticks merely
         # decided and waiting for their time: with a period shorter than the decision lead there always is one,
         # and the entry would never move.)
+        # Under load, decide in batches: wait until the earliest due plan is _DECIDE_BATCH_MS old, unless the
+        # previous decision is that old already (then at once, so that a quiet node decides without delay). Every
+        # decision still lands at least decision_lead - _DECIDE_BATCH_MS ahead of its tick; one record carries
+        # many ticks, and every replica folds fewer records.
+        batch_ms = self._decide_batch_ms
+        if (
+            batch_ms
+            and self._agenda
+            and self._agenda[0][0] > broker_now - batch_ms
+            and now - self._last_decided_at < batch_ms
+        ):
+            return []
         held: set[str] | None = None  # built on first use: most calls never need it
         while self._agenda and self._agenda[0][0] <= broker_now and len(items) < self.settings.max_batch:
             at, name = heapq.heappop(self._agenda)
@@ -707,6 +759,7 @@ class NodeCore:
                 self._schedule_plan(name, again)
         if not items:
             return []
+        self._last_decided_at = now
         ack = self.settings.delivery is DeliveryMode.AT_LEAST_ONCE
         return [self._append(wire.Decide(session=self.session, seq=self._next_seq(), items=tuple(items), ack=ack), now)]
 

@@ -450,15 +450,25 @@ class KafkaNode:
             core = self._core
             return core is not None and core.can_publish(tick.session, tick.entry, tick.epoch, self._clock())
 
-    def confirm(self, tick: Dispatch) -> None:
+    def confirm(self, tick: Dispatch, *, flush: bool = True) -> None:
         """``tick`` was published (``ack_on_return=False``): record it in the log at once (even if it was handed
-        out under an earlier session of this node: a confirmation is a fact, and spares the next owner a re-send)."""
+        out under an earlier session of this node: a confirmation is a fact, and spares the next owner a re-send).
+        ``flush=False`` only notes it, for a caller publishing a burst of ticks that then calls
+        :meth:`flush_confirmations` (one record for the burst instead of one per tick)."""
         with self._lock:
             core = self._core
             if core is None:
                 return
             core.on_dispatched(tick.entry, tick.tick)
-            self._execute(core, core.flush_acks(self._clock()))
+            if flush:
+                self._execute(core, core.flush_acks(self._clock()))
+
+    def flush_confirmations(self) -> None:
+        """Append the confirmations noted with ``confirm(flush=False)`` now, in one record."""
+        with self._lock:
+            core = self._core
+            if core is not None:
+                self._execute(core, core.flush_acks(self._clock()))
 
     def abort(self, tick: Dispatch) -> None:
         """``tick`` was not published (``ack_on_return=False``); at-least-once mode leaves it to the next owner."""
