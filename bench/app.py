@@ -112,7 +112,11 @@ def entries(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out[name] = {"task": "bench.tick", "schedule": sched, "options": {"headers": headers}}
     if spec.get("probe"):
         probe = schedule(timedelta(seconds=float(spec["probe"])))
-        out["probe"] = {"task": "bench.tick", "schedule": probe, "options": {"headers": {"bench_entry": "probe", "bench_pid": pid}}}
+        out["probe"] = {
+            "task": "bench.tick",
+            "schedule": probe,
+            "options": {"headers": {"bench_entry": "probe", "bench_pid": pid}},
+        }
     return out
 
 
@@ -125,5 +129,7 @@ app.conf.update(
     task_default_queue=os.environ.get("CKB_BENCH_QUEUE", "bench"),
 )
 app.conf.update(json.loads(os.environ.get("CKB_BENCH_CONF", "{}")))
-app.conf.beat_schedule = entries(json.loads(os.environ.get("CKB_BENCH_ENTRIES", '{"n": 0, "kind": "grid", "period": 1}')))
+app.conf.beat_schedule = entries(
+    json.loads(os.environ.get("CKB_BENCH_ENTRIES", '{"n": 0, "kind": "grid", "period": 1}'))
+)
 # "bench.tick" is registered nowhere: beat sends it by name and nothing runs it.

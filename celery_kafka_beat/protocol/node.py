@@ -537,6 +537,9 @@ class NodeCore:
     def _lose_session(self, now: int, why: str) -> list[Action]:
         old = self.session
         actions: list[Action] = [Note("warning", f"session {old} lost: {why}")]
+        # Confirmations still gathering: a confirmation counts even from an ended session, and spares the next
+        # owner a re-send.
+        actions += self._flush_acks(now)
         if old is not None and self.state.is_live(old):
             # The log still thinks it lives: end it now so that others need not wait for the lease.
             actions.append(Append(wire.Goodbye(session=old, seq=self._next_seq())))
@@ -691,7 +694,12 @@ class NodeCore:
             return []
         self._releasing.update((name, now) for name, _ in items)
         self._released.update(items)
-        return [self._append(wire.Release(session=self.session, seq=self._next_seq(), items=tuple(items)), now)]
+        # Confirmations still gathering go first: the next owner must not find a published tick unconfirmed (it
+        # would publish it again).
+        return [
+            *self._flush_acks(now),
+            self._append(wire.Release(session=self.session, seq=self._next_seq(), items=tuple(items)), now),
+        ]
 
     def _resend(self, broker_now: int) -> list[Action]:
         if self.settings.delivery is not DeliveryMode.AT_LEAST_ONCE or self.session is None:
