@@ -120,6 +120,10 @@ class Deployment:
     def queue(self) -> str:
         return f"bench-{self.tag}"
 
+    @property
+    def topic(self) -> str:
+        return f"ckb-bench-{self.tag}"
+
     def _conf(self) -> dict[str, Any]:
         conf = dict(self.conf)
         if self.system == "redbeat":
@@ -134,7 +138,7 @@ class Deployment:
             PYTHONUNBUFFERED="1",
             CKB_BENCH_BROKER=self.services.redis_url,
             CKB_BENCH_KAFKA=self.services.kafka,
-            CKB_BENCH_TOPIC=f"ckb-bench-{self.tag}",
+            CKB_BENCH_TOPIC=self.topic,
             CKB_BENCH_QUEUE=self.queue,
             CKB_BENCH_OUT=str(self.run_dir),
             CKB_BENCH_ENTRIES=json.dumps(self.entries),

@@ -3,6 +3,7 @@ a JSON-able dict of figures; :mod:`bench.__main__` runs them in turn and :mod:`b
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -29,6 +30,7 @@ from bench.harness import (
     summary,
 )
 from celery_kafka_beat import wire
+from celery_kafka_beat.chaos.recorder import SyncLog
 
 Log = Callable[[str], None]
 
@@ -119,6 +121,9 @@ def _failover_one(
     entries = [f"e{i:06d}" for i in range(n)]
     faults: list[dict[str, Any]] = []
     dep = Deployment(services, system, run_dir, {"n": n, "kind": "grid", "period": 1}, conf)
+    sync = SyncLog(services.kafka, dep.topic, run_dir / "sync.jsonl") if system == "kafka" else None
+    if sync is not None:
+        sync.start()
     with dep, Recorder(services.redis_url, dep.queue) as rec:
         for _ in range(replicas):
             dep.start()
@@ -133,6 +138,10 @@ def _failover_one(
             faults.append(_one_fault(dep, rec, entries, system, signum, rng, k, log))
         end = now_ms() - 2000
         received = rec.snapshot()
+    if sync is not None:
+        sync.stop()
+    for fault in faults:
+        fault["takeover_ms"] = _takeover(dep, fault)
     outcome = _grid_outcome(received, entries, start, end)
     result: dict[str, Any] = {
         "label": label,
@@ -145,9 +154,11 @@ def _failover_one(
     for name in ("SIGKILL", "SIGTERM"):
         gaps = [f["gap_ms"] for f in faults if f["signal"] == name and f["gap_ms"] is not None]
         delays = [f["delay_ms"] for f in faults if f["signal"] == name and f["delay_ms"] is not None]
+        takeovers = [f["takeover_ms"] for f in faults if f["signal"] == name and f["takeover_ms"] is not None]
         result[name] = summary(gaps) | {
             "censored": sum(1 for f in faults if f["signal"] == name and f["gap_ms"] is None),
             "delay": summary(delays),
+            "takeover": summary(takeovers),
         }
     return result
 
@@ -230,6 +241,8 @@ def _one_fault(
     return {
         "signal": name,
         "victim": victim.name,
+        "pid": victim.pid,
+        "moved": moved,
         "at": at,
         "phase": round(phase, 3),
         "entries": len(moved),
@@ -237,6 +250,41 @@ def _one_fault(
         "first_ms": first,
         "delay_ms": delay,
     }
+
+
+def _log_times(path: Path, needle: str) -> list[int]:
+    """Epoch ms of the Celery log lines (``[2026-11-29 08:00:00,123: INFO/...] ...``) that contain ``needle``."""
+    times = []
+    for line in path.read_text(errors="replace").splitlines():
+        if needle in line and line.startswith("["):
+            try:
+                at = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+            except ValueError:
+                continue
+            times.append(round(at.timestamp() * 1000))
+    return times
+
+
+def _takeover(dep: Deployment, fault: dict[str, Any]) -> int | None:
+    """When another process took the victim's entries over, from what it wrote, not from a tick: celery-kafka-beat,
+    the first claim of each of them by another session in the sync topic (broker time), worst entry; RedBeat, the
+    standby's "Acquired lock" log line; stock beat, the restarted beat's "Starting" line."""
+    at = fault["at"]
+    if dep.system == "kafka":
+        path = dep.run_dir / "sync.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        victim = {x["s"] for x in lines if x.get("k") == "hello" and f":{fault['pid']}:" in x.get("node", "")}
+        firsts: dict[str, int] = {}
+        for x in lines:
+            if x.get("k") == "claim" and x["t"] >= at and x["s"] not in victim:
+                for entry in x["e"]:
+                    firsts.setdefault(entry, x["t"])
+        if not fault["moved"] or any(e not in firsts for e in fault["moved"]):
+            return None
+        return max(firsts[e] for e in fault["moved"]) - at
+    needle = "Acquired lock" if dep.system == "redbeat" else "beat: Starting..."
+    times = [t for b in dep.beats if b.pid != fault["pid"] for t in _log_times(b.log, needle) if t >= at]
+    return min(times) - at if times else None
 
 
 def _firsts_after(received: list[Received], entries: list[str], victim: int, at: int) -> dict[str, int]:
@@ -427,7 +475,7 @@ def idle(services: Services, run_dir: Path, measure_s: float, log: Log) -> dict[
             beats = [dep.start() for _ in range(replicas)]
             time.sleep(15)  # start-up and the first claims are not idle
             client = services.client()
-            topic = f"ckb-bench-{dep.tag}"
+            topic = dep.topic
 
             off0, cmd0 = _end_offset(services, system, topic), _redis_commands(client)
             cpu0 = {b.pid: cpu_seconds(b.pid) for b in beats}
@@ -539,7 +587,7 @@ def startup(services: Services, run_dir: Path, sizes: list[int], history: int, l
             with dep:
                 for phase in phases:
                     if phase == "history":
-                        row["history_records"] = append_history(services.kafka, f"ckb-bench-{dep.tag}", history)
+                        row["history_records"] = append_history(services.kafka, dep.topic, history)
                     beat = dep.start(f"{system}-{phase}")
                     row[f"{phase}_probe_ms"] = _until_probe(dep, beat, 900)
                     row[f"{phase}_owning_ms"] = _until_owning(beat, n, 900) if system == "kafka" else None

@@ -17,6 +17,7 @@ forked child with ``worker -B``); the banner's ``lazy=True`` instance never conn
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -55,8 +56,12 @@ _RETRY_S: Final = 1.0
 # Why 1 s: how often tick() looks whether the node's entries changed, to log it (copying 100,000 names on every
 # tick would cost more than publishing).
 _OWNERSHIP_LOG_S: Final = 1.0
-# Why 200 ticks / 20 ms: confirmations share a record (each record costs every replica a fold), while the window
-# in which a crash leaves a published tick unconfirmed (and re-sent by the next owner) stays short.
+# Why 20 ticks in 0.1 s (200 ticks/s): below that a replica confirms each tick at once, as cheap as it gets for
+# the re-send window; above it, confirmations share records (each record costs every replica a fold), at least
+# every 200 ticks or 20 ms, which keeps the window in which a crash leaves a published tick unconfirmed (and
+# re-sent by the next owner) short.
+_BUSY_CONFIRMS: Final = 20
+_BUSY_WINDOW_S: Final = 0.1
 _CONFIRM_EVERY: Final = 200
 _CONFIRM_S: Final = 0.02
 # Why 10 s: how long a clean shutdown may take to publish what is decided and hand its entries over.
@@ -88,6 +93,7 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         self._ownership_due = 0.0
         self._unflushed = 0  # ticks published and confirmed to the node, not yet appended to the log
         self._unflushed_since = 0.0
+        self._recent: collections.deque[float] = collections.deque()  # publish times within _BUSY_WINDOW_S
         super().__init__(app, *args, **kwargs)
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -168,9 +174,13 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
             item = None
         while item is not None:
             if self._publish(node, item, flush=False):
+                at = time.monotonic()
                 if not self._unflushed:
-                    self._unflushed_since = time.monotonic()
+                    self._unflushed_since = at
                 self._unflushed += 1
+                self._recent.append(at)
+                while self._recent[0] < at - _BUSY_WINDOW_S:
+                    self._recent.popleft()
             self._flush_confirmations(node)
             try:
                 item = self._ticks.get_nowait()
@@ -267,11 +277,18 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         return True
 
     def _flush_confirmations(self, node: KafkaNode, *, now: bool = False) -> None:
-        """Confirmations go out together (one record for many ticks), once _CONFIRM_EVERY have gathered or the
-        oldest has waited _CONFIRM_S: a crash in between makes the next owner publish those ticks again
-        (at-least-once), so the wait stays short."""
-        if self._unflushed and (
-            now or self._unflushed >= _CONFIRM_EVERY or time.monotonic() - self._unflushed_since >= _CONFIRM_S
+        """Append the confirmations of published ticks. A replica publishing fewer than _BUSY_CONFIRMS ticks per
+        _BUSY_WINDOW_S confirms each at once. A busy one lets them gather (one record for many ticks, which every
+        replica folds) until _CONFIRM_EVERY are waiting or the oldest has waited _CONFIRM_S: a crash in between
+        makes the next owner publish those ticks again (at-least-once), so the wait stays short."""
+        if not self._unflushed:
+            return
+        busy = len(self._recent) >= _BUSY_CONFIRMS
+        if (
+            now
+            or not busy
+            or self._unflushed >= _CONFIRM_EVERY
+            or time.monotonic() - self._unflushed_since >= _CONFIRM_S
         ):
             node.flush_confirmations()
             self._unflushed = 0
