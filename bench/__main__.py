@@ -49,15 +49,15 @@ def _params(quick: bool, kills: int | None) -> dict[str, Any]:
     return {
         "kills": kills or 30,
         "late_sizes": [100, 1000, 10_000],
-        "late_s": 30,
+        "late_s": 20,
         "rate": 200.0,
         "tp_rates": [500.0, 1000.0, 1500.0, 2000.0, 2500.0, 3000.0, 4000.0, 5000.0],
         "tp_entries": 10_000,
-        "tp_s": 12,
+        "tp_s": 10,
         "startup_sizes": [1000, 10_000, 100_000],
         "history": 1_000_000,
-        "idle_s": 60,
-        "joins": 10,
+        "idle_s": 30,
+        "joins": 5,
         "redbeat_wait": 120,
     }
 

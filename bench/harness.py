@@ -141,6 +141,7 @@ class Deployment:
             CKB_BENCH_TOPIC=self.topic,
             CKB_BENCH_QUEUE=self.queue,
             CKB_BENCH_OUT=str(self.run_dir),
+            CKB_BENCH_SYSTEM=self.system,
             CKB_BENCH_ENTRIES=json.dumps(self.entries),
             CKB_BENCH_CONF=json.dumps(self._conf()),
         )

@@ -100,7 +100,7 @@ def write(results: dict[str, Any], out: Path, run_dir: Path) -> None:
     )
     add("")
     _summary(results, add)
-    _method(add)
+    _method(add, results.get("params", {}))
     if "calibrate" in results:
         c = results["calibrate"]
         add("## The floor: Celery's own publish")
@@ -187,7 +187,7 @@ def _summary(results: dict[str, Any], add: Any) -> None:
     add("")
 
 
-def _method(add: Any) -> None:
+def _method(add: Any, params: dict[str, Any]) -> None:
     add("## Method")
     add("")
     add(
@@ -218,12 +218,13 @@ def _method(add: Any) -> None:
     )
     add(
         "- **Lateness**: N entries with periods spread evenly between P and 2P (not relative), so that ticks arrive "
-        "about 200 per second, evenly, rather than in bursts; measured over 30 s once every entry ticks. "
+        f"about 200 per second, evenly, rather than in bursts; measured over {params.get('late_s', '?')} s once every "
+        "entry ticks. "
         "celery-kafka-beat with 1 and with 3 replicas."
     )
     add(
         "- **Throughput**: 10,000 such entries at a rising rate; a rate passes when lateness p99 stays under 100 ms "
-        "and at least 98 % of the ticks due in the 12 s window were published."
+        f"and at least 98 % of the ticks due in the {params.get('tp_s', '?')} s window were published."
     )
     add(
         "- **Start-up**: a beat with N hourly entries and one probe entry every 0.1 s; spawn to the probe's first "
@@ -232,7 +233,8 @@ def _method(add: Any) -> None:
         "appended to its topic (records no snapshot covers). RSS of the beat after start-up."
     )
     add(
-        "- **Idle**: 100 hourly entries, nothing due; CPU of each replica over 60 s (from /proc), RSS, records/s "
+        f"- **Idle**: 100 hourly entries, nothing due; CPU of each replica over {params.get('idle_s', '?')} s "
+        "(from /proc), RSS, records/s "
         "written to the Kafka topic and Redis commands/s (RedBeat's lock renewals and schedule reads)."
     )
     add(

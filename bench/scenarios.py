@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import signal
 import time
 from collections import Counter, defaultdict
@@ -196,8 +197,9 @@ def _one_fault(
         dep.start(f"stock-{len(dep.beats)}")  # the supervisor's restart
 
     def moved_all() -> bool:
-        firsts = _firsts_after(rec.snapshot(), moved, victim.pid, at)
-        return len(firsts) == len(moved)
+        received = rec.snapshot()
+        firsts = _firsts_after(received, moved, victim.pid, at)
+        return len(firsts) == len(moved) and len(_next_tick_delays(received, moved, victim.pid, at)) == len(moved)
 
     delay: int | None = None
     if _wait(moved_all, timeout):
@@ -205,25 +207,7 @@ def _one_fault(
         firsts = _firsts_after(received, moved, victim.pid, at)
         gap = max(firsts.values()) - at
         first = min(firsts.values()) - at
-        # The first tick of each entry due after the fault that the victim did not send itself (a clean stop
-        # publishes what it had decided), and how late another process dispatched the entry after it.
-        own = {(r.entry, round(r.due / 1000)) for r in received if r.pid == victim.pid and r.due is not None}
-        delays = []
-        for entry in firsts:
-            second = at // 1000 + 1
-            while (entry, second) in own:
-                second += 1
-            later = [
-                r.received
-                for r in received
-                if r.entry == entry
-                and r.pid != victim.pid
-                and r.received > at
-                and (r.due is None or r.due >= second * 1000)
-            ]
-            if later:
-                delays.append(min(later) - second * 1000)
-        delay = max(delays, default=None)
+        delay = max(_next_tick_delays(received, moved, victim.pid, at).values(), default=None)
     else:
         first = None
     victim.wait(30)
@@ -231,9 +215,10 @@ def _one_fault(
         joined = dep.start(f"{system}-{len(dep.beats)}")
         if system == "kafka":
             _wait(lambda: any(r.pid == joined.pid for r in rec.snapshot()), 30, 0.05)
-        time.sleep(2.5)  # let the newcomer settle (kafka: take its share; redbeat: block on the lock)
+        # Let the newcomer settle (kafka: take its whole share; redbeat: import and block on the lock as standby).
+        time.sleep(1.5 if system == "kafka" else 2.0)
     else:
-        time.sleep(1.5)
+        time.sleep(1.0)
     log(
         f"  {name} #{k // 2 + 1} {victim.name}: {len(moved)} entries, all moved after "
         f"{'-' if gap is None else gap} ms (first {'-' if first is None else first} ms), next tick late by {delay} ms"
@@ -285,6 +270,25 @@ def _takeover(dep: Deployment, fault: dict[str, Any]) -> int | None:
     needle = "Acquired lock" if dep.system == "redbeat" else "beat: Starting..."
     times = [t for b in dep.beats if b.pid != fault["pid"] for t in _log_times(b.log, needle) if t >= at]
     return min(times) - at if times else None
+
+
+def _next_tick_delays(received: list[Received], entries: list[str], victim: int, at: int) -> dict[str, int]:
+    """Per entry, the first tick due after the fault that the victim did not send itself (a clean stop publishes
+    what it had decided), and how late another process dispatched that tick or, if it was skipped, a later one."""
+    own = {(r.entry, round(r.due / 1000)) for r in received if r.pid == victim and r.due is not None}
+    delays = {}
+    for entry in entries:
+        second = at // 1000 + 1
+        while (entry, second) in own:
+            second += 1
+        later = [
+            r.received
+            for r in received
+            if r.entry == entry and r.pid != victim and r.received > at and r.due is not None and r.due >= second * 1000
+        ]
+        if later:
+            delays[entry] = min(later) - second * 1000
+    return delays
 
 
 def _firsts_after(received: list[Received], entries: list[str], victim: int, at: int) -> dict[str, int]:
@@ -632,12 +636,16 @@ def _until_probe(dep: Deployment, beat: Beat, timeout: float) -> int | None:
     return None  # pragma: no cover - the file said it was there
 
 
+_OWNS_ALL = re.compile(r"owns (\d+) of \1 entries")
+
+
 def _until_owning(beat: Beat, n: int, timeout: float) -> int | None:
-    needle = f"owns {n + 1} of {n + 1} entries"
-    if not _wait(lambda: needle in beat.log.read_text(errors="replace"), timeout, 0.05):
+    """Spawn to the log line saying the node owns all its entries (N, the probe, and Celery's default ones)."""
+    if not _wait(lambda: _OWNS_ALL.search(beat.log.read_text(errors="replace")) is not None, timeout, 0.05):
         return None
     for line in beat.log.read_text(errors="replace").splitlines():
-        if needle in line:
+        match = _OWNS_ALL.search(line)
+        if match and int(match.group(1)) > n:
             stamp = line.split("]")[0].lstrip("[").split(": ")[0]
             try:
                 at = datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S,%f")

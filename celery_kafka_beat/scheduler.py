@@ -53,9 +53,8 @@ _TASK_ID_NAMESPACE: Final = uuid.UUID("8d0b6c4e-3c1f-4f49-9d62-5b8a1f0e2a77")
 _WAIT_S: Final = 1.0
 # Why 1 s: pause between publish attempts of a tick that failed to publish (at-least-once mode).
 _RETRY_S: Final = 1.0
-# Why 1 s: how often tick() looks whether the node's entries changed, to log it (copying 100,000 names on every
-# tick would cost more than publishing).
-_OWNERSHIP_LOG_S: Final = 1.0
+# Why 50: the ownership log line names at most this many entries (100,000 names would be a megabyte a line).
+_OWNED_LISTED: Final = 50
 # Why 20 ticks in 0.1 s (200 ticks/s): below that a replica confirms each tick at once, as cheap as it gets for
 # the re-send window; above it, confirmations share records (each record costs every replica a fold), at least
 # every 200 ticks or 20 ms, which keeps the window in which a crash leaves a published tick unconfirmed (and
@@ -90,7 +89,7 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         self._terminating = threading.Event()
         self._closed = False
         self._owned_logged: frozenset[str] | None = None
-        self._ownership_due = 0.0
+        self._ownership_key: tuple[str | None, bool, int, int] | None = None
         self._unflushed = 0  # ticks published and confirmed to the node, not yet appended to the log
         self._unflushed_since = 0.0
         self._recent: collections.deque[float] = collections.deque()  # publish times within _BUSY_WINDOW_S
@@ -160,8 +159,9 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         if self._terminating.is_set():
             raise SystemExit(0)  # beat's loop catches it and calls close() through Service.sync()
         node = self._running_node()
-        if time.monotonic() >= self._ownership_due:
-            self._ownership_due = time.monotonic() + _OWNERSHIP_LOG_S
+        key = node.ownership_key()
+        if key != self._ownership_key:  # copying 100,000 names on every tick would cost more than publishing
+            self._ownership_key = key
             self._log_ownership(node)
         wait = min(_WAIT_S, float(self.max_interval or _WAIT_S))
         if self._retry:
@@ -211,12 +211,12 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         owned = status.owned if status.live else frozenset()
         if owned != self._owned_logged:
             self._owned_logged = owned
+            names = sorted(owned)
+            listed = ", ".join(names[:_OWNED_LISTED]) or "none"
+            if len(names) > _OWNED_LISTED:
+                listed += f" and {len(names) - _OWNED_LISTED} more"
             log.info(
-                "KafkaScheduler: node %s owns %d of %d entries: %s",
-                node.node,
-                len(owned),
-                len(self.schedule),
-                ", ".join(sorted(owned)) or "none",
+                "KafkaScheduler: node %s owns %d of %d entries: %s", node.node, len(owned), len(self.schedule), listed
             )
 
     # -- publishing ---------------------------------------------------------------------------------------------

@@ -421,6 +421,14 @@ class KafkaNode:
             owned = frozenset(core.state.owned.get(session, ())) if session is not None and core.live else frozenset()
             return NodeStatus(self.node, session, core.live, owned, core.state.offset, running, error)
 
+    def ownership_key(self) -> tuple[str | None, bool, int, int]:
+        """Changes whenever the entries this node owns may have changed (cheap: no copy of the owned set)."""
+        with self._lock:
+            core = self._core
+            if core is None:
+                return None, False, -1, -1
+            return core.session, core.live, core.state.granted, core.state.freed
+
     @property
     def session(self) -> str | None:
         return self.status.session
