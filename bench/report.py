@@ -441,10 +441,10 @@ def _idle(data: dict[str, Any], add: Any) -> None:
     add("")
     add(
         "celery-kafka-beat's records are heartbeats (one per replica per second by default, a third of the lease). "
-        "Redis commands/s counts every client of that Redis (about 0.03 of it is the harness's own INFO call). RedBeat with "
-        "its defaults wakes every `beat_max_loop_interval` (300 s) to renew its lock and read the schedule, so a "
-        "window shorter than that sees none of it; with a 1 s loop (its short-lock setting above) it renews every "
-        "second."
+        "Redis commands/s counts every client of that Redis (about 0.03 of it is the harness's own INFO call). "
+        "RedBeat with its defaults wakes every `beat_max_loop_interval` (300 s) to renew its lock and read the "
+        "schedule, so a window shorter than that sees none of it; with a 1 s loop (its short-lock setting above) it "
+        "renews every second."
     )
     add("")
 
