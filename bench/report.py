@@ -509,6 +509,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _plot_failover(data: dict[str, Any], path: Path) -> Path | None:
     plt = _plt()
     if plt is None:
@@ -525,10 +532,7 @@ def _plot_failover(data: dict[str, Any], path: Path) -> Path | None:
         ax.set_ylabel("next tick late by (s)")
         ax.set_title(f"{sig}: how late the first tick after the fault went out")
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_lateness(data: dict[str, Any], path: Path) -> Path | None:
@@ -546,10 +550,7 @@ def _plot_lateness(data: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("lateness p99 (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def _plot_throughput(data: dict[str, Any], path: Path) -> Path | None:
@@ -570,7 +571,4 @@ def _plot_throughput(data: dict[str, Any], path: Path) -> Path | None:
     ax.set_ylabel("lateness p99 (ms)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -237,11 +237,13 @@ def _one_fault(
     }
 
 
-def _log_times(path: Path, needle: str) -> list[int]:
-    """Epoch ms of the Celery log lines (``[2026-11-29 08:00:00,123: INFO/...] ...``) that contain ``needle``."""
+def _log_times(path: Path, needle: str | re.Pattern[str]) -> list[int]:
+    """Epoch ms of the Celery log lines (``[2026-11-29 08:00:00,123: INFO/...] ...``) that contain ``needle`` (a
+    string, or a pattern to search for)."""
     times = []
     for line in path.read_text(errors="replace").splitlines():
-        if needle in line and line.startswith("["):
+        found = needle in line if isinstance(needle, str) else needle.search(line) is not None
+        if found and line.startswith("["):
             try:
                 at = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
             except ValueError:
@@ -594,7 +596,7 @@ def startup(services: Services, run_dir: Path, sizes: list[int], history: int, l
                         row["history_records"] = append_history(services.kafka, dep.topic, history)
                     beat = dep.start(f"{system}-{phase}")
                     row[f"{phase}_probe_ms"] = _until_probe(dep, beat, 900)
-                    row[f"{phase}_owning_ms"] = _until_owning(beat, n, 900) if system == "kafka" else None
+                    row[f"{phase}_owning_ms"] = _until_owning(beat, 900) if system == "kafka" else None
                     row[f"{phase}_rss_mb"] = round(rss_mb(beat.pid), 1)
                     beat.stop()
             log(
@@ -639,20 +641,11 @@ def _until_probe(dep: Deployment, beat: Beat, timeout: float) -> int | None:
 _OWNS_ALL = re.compile(r"owns (\d+) of \1 entries")
 
 
-def _until_owning(beat: Beat, n: int, timeout: float) -> int | None:
+def _until_owning(beat: Beat, timeout: float) -> int | None:
     """Spawn to the log line saying the node owns all its entries (N, the probe, and Celery's default ones)."""
-    if not _wait(lambda: _OWNS_ALL.search(beat.log.read_text(errors="replace")) is not None, timeout, 0.05):
+    if not _wait(lambda: bool(_log_times(beat.log, _OWNS_ALL)), timeout, 0.05):
         return None
-    for line in beat.log.read_text(errors="replace").splitlines():
-        match = _OWNS_ALL.search(line)
-        if match and int(match.group(1)) > n:
-            stamp = line.split("]")[0].lstrip("[").split(": ")[0]
-            try:
-                at = datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S,%f")
-            except ValueError:
-                return None
-            return round(at.timestamp() * 1000) - beat.started
-    return None
+    return _log_times(beat.log, _OWNS_ALL)[0] - beat.started
 
 
 # -- calibration --------------------------------------------------------------------------------------------------
