@@ -1,30 +1,34 @@
 """The coordination protocol: a pure, deterministic core (no I/O, no clocks, no threads)."""
 
-from celery_kafka_beat.protocol.node import (
-    Action,
-    Append,
-    Bootstrap,
-    CatchUp,
-    DeliveryMode,
-    Dispatch,
-    NodeCore,
-    NodeSettings,
-    Note,
-    Schedule,
-    Truncate,
-    plan_ticks,
+from celery_kafka_beat.protocol.actions import Action, Append, Dispatch, Note, Truncate
+from celery_kafka_beat.protocol.bootstrap import Bootstrap, Waiter
+from celery_kafka_beat.protocol.clock import BrokerClock, ClockStep
+from celery_kafka_beat.protocol.node import NodeCore, NodeSettings
+from celery_kafka_beat.protocol.planning import CatchUp, DeliveryMode, Schedule, plan_ticks
+from celery_kafka_beat.protocol.state import (
+    DEFAULT_RULES,
+    MAX_LEASE_MS,
+    ClusterState,
+    EntryState,
+    FoldRules,
+    Outcome,
+    SessionState,
 )
-from celery_kafka_beat.protocol.state import ClusterState, EntryState, Outcome, SessionState
 
 __all__ = [
+    "DEFAULT_RULES",
+    "MAX_LEASE_MS",
     "Action",
     "Append",
     "Bootstrap",
+    "BrokerClock",
     "CatchUp",
+    "ClockStep",
     "ClusterState",
     "DeliveryMode",
     "Dispatch",
     "EntryState",
+    "FoldRules",
     "NodeCore",
     "NodeSettings",
     "Note",
@@ -32,5 +36,6 @@ __all__ = [
     "Schedule",
     "SessionState",
     "Truncate",
+    "Waiter",
     "plan_ticks",
 ]

@@ -5,65 +5,63 @@ The shell (the Kafka runtime, or the simulator) feeds it every record of the syn
 records arrived, and carries out the actions it returns: append a record, dispatch a tick, truncate the topic.
 Every call takes ``now``, the node's own monotonic clock in milliseconds; nothing here reads a clock.
 
-Time: a node judges when ticks are due by the **broker's** clock, estimated from the records it reads (broker
-timestamp minus local read time, the largest recent value). That is a lower bound: ticks are never dispatched
-early, at most late by the read latency, and replicas whose wall clocks disagree still dispatch on time. Its own
-lease it measures on its own monotonic clock from when it *sent* the record that renewed it, minus a margin, so it
-gives up before anyone else may take over.
+``NodeCore`` conducts; each concern has its own module: the fold (``state.py``), start-up (``bootstrap.py``), the
+broker-clock time line (``clock.py``), votes and readiness (``liveness.py``), snapshots (``snapshots.py``), which
+ticks to decide (``planning.py``), who should own what (``assignment.py``) and record sizes (``sizing.py``).
+
+Time: a node judges when ticks are due by its time line, an estimate of the **broker's** clock from the records it
+reads that does not follow a broker clock step at once (``clock.py``). Its own lease it measures on its own
+monotonic clock from when it *sent* the record that renewed it, minus a margin, so it gives up before anyone may
+vote it out: a vote comes a whole lease after the voter *read* the session's latest record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Final, Protocol
+from dataclasses import dataclass
+from typing import Final
 
 from celery_kafka_beat import wire
+from celery_kafka_beat.protocol.actions import Action, Append, Dispatch, Note, Truncate
 from celery_kafka_beat.protocol.assignment import Rendezvous
-from celery_kafka_beat.protocol.state import ClusterState, catalog_digest
+from celery_kafka_beat.protocol.bootstrap import Bootstrap, Waiter
+from celery_kafka_beat.protocol.clock import BrokerClock
+from celery_kafka_beat.protocol.liveness import Liveness
+from celery_kafka_beat.protocol.planning import CatchUp, DeliveryMode, Schedule, plan_ticks
+from celery_kafka_beat.protocol.sizing import NameSizes, chunk_text, split_items
+from celery_kafka_beat.protocol.snapshots import Snapshots
+from celery_kafka_beat.protocol.state import DEFAULT_RULES, MAX_LEASE_MS, ClusterState, FoldRules, catalog_digest
 
-#: How many recent records the broker-clock estimate looks back over: enough to contain one read soon after its
-#: append (a tight bound), few enough to follow a broker clock step within seconds.
-_OFFSET_SAMPLES: Final = 32
+__all__ = [
+    "Action",
+    "Append",
+    "Bootstrap",
+    "CatchUp",
+    "DeliveryMode",
+    "Dispatch",
+    "NodeCore",
+    "NodeSettings",
+    "Note",
+    "Schedule",
+    "Truncate",
+    "Waiter",
+    "plan_ticks",
+]
 
 #: Default longest wait of a due decision for others to share its record (never more than a tenth of the decision
 #: lead; see NodeSettings.decide_batch_ms).
 _DECIDE_BATCH_MS: Final = 20
 
-#: A local time before any other (monotonic clocks need not start at zero, and the simulator's do not).
+#: How many of its recent records' send times a node keeps for its time line's upper bounds (clock.py): a few
+#: seconds' worth even under load, across its sessions.
+_SEND_TIMES: Final = 256
+
+#: A local time before any other (monotonic clocks need not start at zero, and the simulator's do not). An agenda
+#: item planned at it is due at once.
 _NEVER: Final = -(2**62)
-
-
-class DeliveryMode(StrEnum):
-    """What happens to a tick whose owner decided it but died before publishing it."""
-
-    AT_MOST_ONCE = "at-most-once"
-    """The tick is lost. No tick is ever published twice."""
-    AT_LEAST_ONCE = "at-least-once"
-    """The next owner publishes it again with the same task id (a possible, identifiable duplicate)."""
-
-
-class CatchUp(StrEnum):
-    """What to do with ticks that fell due while no node could dispatch (older than the grace period)."""
-
-    SKIP = "skip"
-    """Drop them; continue with the next tick that is not overdue."""
-    ONCE = "once"
-    """Run the latest overdue tick once and drop the others (what stock Celery beat does after downtime)."""
-    ALL = "all"
-    """Run every overdue tick that is within ``catchup_window_ms``, oldest first."""
-
-
-class Schedule(Protocol):
-    """The entries' timetables, in UTC milliseconds. Must be a pure function of its arguments."""
-
-    def next_tick(self, entry: str, prev: int, after: int) -> int | None:
-        """The first tick of ``entry`` strictly later than ``after``, for a series whose previous tick (or
-        starting point, for an entry that never ran) is ``prev``; ``None`` if the entry has no further tick."""
-        ...  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +85,17 @@ class NodeSettings:
     decide_batch_ms: int | None = None
     """Under load, how long a due decision may wait for others to share its record. Defaults to a tenth of the
     decision lead, at most 20 ms; 0 decides every due plan at once."""
+    probation_ms: int = 5000
+    """How long a session must have been live before it says ``ready`` and may take entries: longer than a
+    crash-looping replica lives, short enough that a new replica gets its share soon."""
+    clock_step_ms: int = 1000
+    """A change of the broker's clock larger than this is a step, held rather than followed (``clock.py``)."""
+    clock_hold_ms: int = 600_000
+    """How long a broker clock step is held before it is adopted: a leader that moved to a broker with a wrong
+    clock is usually moved back by Kafka's preferred-leader election within five minutes."""
+    max_record_bytes: int = 1_000_000
+    """No record written is larger than this (the topic's ``max.message.bytes``; the runtime lowers it to the
+    topic's own setting)."""
 
     @property
     def margin_ms(self) -> int:
@@ -98,10 +107,15 @@ class NodeSettings:
             return self.decide_batch_ms
         return min(_DECIDE_BATCH_MS, self.decision_lead_ms // 10)
 
-    def validate(self) -> None:
+    def validate(self, rules: FoldRules = DEFAULT_RULES) -> None:
         """Raise ``ValueError`` naming the setting to change."""
         if self.lease_ms < 10:
             raise ValueError(f"lease_ms={self.lease_ms}: must be at least 10 ms")
+        if self.lease_ms > rules.max_lease_ms:
+            raise ValueError(
+                f"lease_ms={self.lease_ms}: must be at most {rules.max_lease_ms} ms (the protocol refuses longer "
+                "leases: a start afresh after deleted records waits for the longest one)"
+            )
         if not 0 < self.heartbeat_ms <= self.lease_ms // 2:
             raise ValueError(
                 f"heartbeat_ms={self.heartbeat_ms}: must be positive and at most half the lease "
@@ -116,114 +130,20 @@ class NodeSettings:
             )
         if self.decision_lead_ms < 0 or self.catchup_grace_ms < 0 or self.catchup_window_ms < 0:
             raise ValueError("decision_lead_ms, catchup_grace_ms and catchup_window_ms must not be negative")
+        if self.decision_lead_ms >= MAX_LEASE_MS:
+            raise ValueError(f"decision_lead_ms={self.decision_lead_ms}: must be below {MAX_LEASE_MS} ms")
         if self.snapshot_records < 1 or self.chunk_chars < 1024 or self.max_batch < 1:
             raise ValueError("snapshot_records and max_batch must be positive, chunk_chars at least 1024")
-
-
-# -- actions -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    """Append this record to the sync topic (in the order the actions are given)."""
-
-    record: wire.Record
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """Publish the Celery task of this tick now. ``resend`` marks an at-least-once re-send of another node's
-    decided tick (same task id)."""
-
-    entry: str
-    tick: int
-    session: str
-    epoch: int
-    resend: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Truncate:
-    """Every record before ``before`` is covered by a snapshot that was read back: the topic may drop them."""
-
-    before: int
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Something an operator may want in the log."""
-
-    level: str
-    message: str
-
-
-Action = Append | Dispatch | Truncate | Note
-
-
-# -- tick planning -----------------------------------------------------------------------------------------------
-
-#: Bound on how many ticks one planning step walks through (a one-second entry after a day of downtime is
-#: 86,400); past it the latest tick found so far is used, which only matters for CatchUp.ONCE/ALL precision.
-_MAX_WALK: Final = 200_000
-
-
-def plan_ticks(
-    schedule: Schedule, entry: str, prev: int, broker_now: int, settings: NodeSettings
-) -> tuple[list[int], int | None]:
-    """Ticks of ``entry`` to decide now, and the broker time at which to plan again (None: never).
-
-    A tick within ``catchup_grace_ms`` of now is merely late (a handover) and always decided; older ones are
-    overdue and handled by the catch-up policy.
-    """
-    lead, grace = settings.decision_lead_ms, settings.catchup_grace_ms
-    first = schedule.next_tick(entry, prev, prev)
-    if first is None:
-        return [], None
-    if first > broker_now + lead:
-        return [], first - lead
-    if first >= broker_now - grace:
-        return [first], None
-    cutoff = broker_now - grace
-    if settings.catchup is CatchUp.SKIP:
-        nxt = schedule.next_tick(entry, prev, cutoff - 1)
-        if nxt is None:
-            return [], None
-        return ([nxt], None) if nxt <= broker_now + lead else ([], nxt - lead)
-    if settings.catchup is CatchUp.ONCE:
-        latest, steps = first, 0
-        while steps < _MAX_WALK:
-            nxt = schedule.next_tick(entry, prev, latest)
-            if nxt is None or nxt > broker_now:
-                break
-            latest, steps = nxt, steps + 1
-        return [latest], None
-    # CatchUp.ALL: every overdue tick within the window, oldest first, a bounded number per step.
-    floor = broker_now - settings.catchup_window_ms
-    tick: int | None = first if first >= floor else schedule.next_tick(entry, prev, floor - 1)
-    ticks: list[int] = []
-    while tick is not None and tick <= broker_now + lead and len(ticks) < settings.max_batch:
-        ticks.append(tick)
-        tick = schedule.next_tick(entry, prev, tick)
-    if ticks or tick is None:
-        return ticks, None
-    return [], tick - lead
-
-
-# -- the node ----------------------------------------------------------------------------------------------------
+        if self.probation_ms < 0 or self.clock_step_ms < 1 or self.clock_hold_ms < 0:
+            raise ValueError("probation_ms and clock_hold_ms must not be negative, clock_step_ms must be positive")
+        if self.max_record_bytes < 4096:
+            raise ValueError(f"max_record_bytes={self.max_record_bytes}: must be at least 4096")
 
 
 @dataclass(slots=True)
 class _Sent:
     record: wire.Record
     at: int
-
-
-@dataclass(slots=True)
-class _Snapshotting:
-    snap_id: str
-    as_of: int
-    waiting: set[int] = field(default_factory=set)
-    started: int = 0
 
 
 class NodeCore:
@@ -236,26 +156,44 @@ class NodeCore:
         schedule: Schedule,
         new_session_id: Callable[[], str],
         state: ClusterState | None = None,
+        *,
+        rules: FoldRules = DEFAULT_RULES,
     ) -> None:
-        settings.validate()
+        settings.validate(rules)
         self.settings = settings
         self.schedule = schedule
         self.entries: frozenset[str] = frozenset(entries)
         self.catalog, self._catalog_data = catalog_digest(self.entries)
         self._new_session_id = new_session_id
-        self.state = state if state is not None else ClusterState()
+        self.state = state if state is not None else ClusterState(rules=rules)
+        self.clock = BrokerClock(step_ms=settings.clock_step_ms, hold_ms=settings.clock_hold_ms)
+        self.record_budget = settings.max_record_bytes
+        """Largest record to write, in bytes; the shell lowers it if the topic refuses a record as too large."""
+        self._sizes = NameSizes()
+        self._liveness = Liveness()
+        self._snapshots = Snapshots(
+            every_records=settings.snapshot_records,
+            every_ms=settings.snapshot_interval_ms,
+            chunk_chars=settings.chunk_chars,
+            retry_ms=settings.lease_ms,
+        )
         self._rendezvous = Rendezvous()
         self.session: str | None = None
+        self._my_sessions: deque[str] = deque(maxlen=16)  # this node's recent sessions: never its own peers
+        # When each recent record of this node (any of its sessions) was sent: the clock's upper bounds.
+        self._send_times: dict[tuple[str, int], int] = {}
         self.live = False
         self.stopping = False
         self.stopped = False
         self.lease_deadline = _NEVER  # local clocks may be negative: no valid lease until renewed
+        self._live_since: int | None = None
+        self._ready_sent_at: int | None = None
         self._seq = 0
         self._sent: dict[int, _Sent] = {}
         self._last_sent_at = -(10**12)
-        self._offsets: deque[int] = deque(maxlen=_OFFSET_SAMPLES)
         self._desired: frozenset[str] = frozenset()
         self._desired_key: tuple[int, int, str | None] | None = None
+        self._deferring = False  # claiming nothing while a node of an older protocol version is live
         self._claim_key: tuple[frozenset[str], int, int, str | None] | None = None
         self._undesired_key: tuple[frozenset[str], int, int, str | None] | None = None
         self._undesired: frozenset[str] = frozenset()  # owned entries not wanted (cached under _undesired_key)
@@ -268,72 +206,64 @@ class NodeCore:
         self._deciding: dict[str, int] = {}
         self._released: set[tuple[str, int]] = set()  # (entry, epoch) claims this session gave up
         self._to_publish: list[tuple[int, str, int]] = []  # heap of (tick, entry, epoch)
-        self._unacked: list[tuple[str, int]] = []
+        # Published ticks to confirm in the log: (entry, tick, session it was handed out under). Kept across a
+        # lost session: a confirmation counts from an ended session too, and spares the next owner a re-send.
+        self._unacked: list[tuple[str, int, str]] = []
         self._unacked_since: int | None = None  # local time a timer first saw _unacked non-empty
         # Ticks handed to the shell (Dispatch) whose publish it has not yet reported (on_dispatched or
         # on_dispatch_failed): a clean stop waits for them before its goodbye.
         self._outstanding: set[tuple[str, int]] = set()
+        # Entries not decided further because one of their ticks is with the shell and overdue (a Celery broker
+        # outage): when the shell reports it, the entry is planned again, by the catch-up policy.
+        self._blocked: set[str] = set()
         self._resent: set[tuple[str, int]] = set()
         self._agenda: list[tuple[int, str]] = []  # heap of (broker ms to plan at, entry)
         self._planned: dict[str, int] = {}
         self._bye_sent = False
-        self._snapshot_as_of = -1
-        self._snapshot_log_time: int | None = None  # log time of the latest snapshot (or of the first look)
-        self._snapshot_parts: dict[str, set[int]] = {}
-        self._snapshotting: _Snapshotting | None = None
-        self._snap_count = 0
 
     # -- clocks -------------------------------------------------------------------------------------------------
 
     def broker_now(self, now: int) -> int | None:
-        """A lower bound of the broker's clock from the records read; None before the first one."""
-        if not self._offsets:
-            return None
-        return now + max(self._offsets)
+        """The node's time line (the broker's clock, not following steps at once); None before the first record."""
+        return self.clock.now(now)
 
     def _local_or(self, broker_ms: int, default: int) -> int:
-        local = self.to_local(broker_ms)
+        local = self.clock.to_local(broker_ms)
         return default if local is None else local  # (not `or`: 0 is a valid local time)
 
     def to_local(self, broker_ms: int) -> int | None:
-        if not self._offsets:
-            return None
-        return broker_ms - max(self._offsets)
+        return self.clock.to_local(broker_ms)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self, now: int) -> list[Action]:
         """Begin a new session (after the shell has read the topic up to its end into ``state``)."""
         self.session = self._new_session_id()
+        self._my_sessions.append(self.session)
         self.live = False
+        self._live_since = self._ready_sent_at = None
         self._seq = 0
         self._sent.clear()
         self._bye_sent = False
         self._released.clear()
         self._resent.clear()  # a new session re-sends whatever is still unconfirmed when it owns the entry
+        self._liveness.reset(self.state, self.session, now)
+        self._snapshots.reset()
         actions: list[Action] = [Note("info", f"session {self.session} starting")]
         if self.catalog not in self.state.catalogs:
             actions += self._catalog_parts(now)
-        actions.append(
-            self._append(
-                wire.Hello(
-                    session=self.session,
-                    seq=self._next_seq(),
-                    node=self.settings.node,
-                    lease_ms=self.settings.lease_ms,
-                    catalog=self.catalog,
-                ),
-                now,
-            )
+        hello = wire.Hello(
+            session=self.session, seq=0, node=self.settings.node, lease_ms=self.settings.lease_ms, catalog=self.catalog
         )
+        actions.append(self._append(hello, now))
         return actions
 
     def abandon(self, now: int) -> list[Action]:
         """The shell gives this core up (records it had not read were deleted, say): end its session in the log
-        at once, so that others need not wait for its lease, and stop. The shell then starts a fresh core."""
-        actions: list[Action] = []
+        at once, so that others need not wait for a vote, and stop. The shell then starts afresh."""
+        actions: list[Action] = [*self._flush_acks(now)]
         if self.session is not None and self.state.is_live(self.session):
-            actions.append(Append(wire.Goodbye(session=self.session, seq=self._next_seq())))
+            actions.append(self._append(wire.Goodbye(session=self.session, seq=0), now))
         self.live = False
         self.stopped = True
         self._to_publish.clear()
@@ -348,26 +278,40 @@ class NodeCore:
 
     def on_record(self, offset: int, timestamp: int, record: wire.Record | None, now: int) -> list[Action]:
         """Fold one record of the sync topic; act on it if it is one of this node's own."""
-        # The record was appended before it was read: the broker's clock now is at least its timestamp.
-        self._offsets.append(timestamp - now)
         outcome = self.state.apply(offset, timestamp, record)
         actions: list[Action] = []
+        mine = record is not None and self.session is not None and record.session == self.session
+        peer_hold = None
+        if record is not None and not mine:
+            self._liveness.heard(self.state, record.session, now)
+            if self.state.is_ready(record.session) and record.session not in self._my_sessions:
+                peer_hold = record.hold
+        sent_at = None if record is None else self._send_times.get((record.session, record.seq))
+        step = self.clock.observe(timestamp, now, peer_hold, sent_at)
+        if step is not None:
+            actions.append(Note("warning", step.describe(offset)))
         if isinstance(record, wire.SnapshotPart):
-            actions += self._snapshot_seen(record)
-        if record is None or self.session is None or record.session != self.session:
+            actions += self._snapshots.seen(record, outcome.valid, self.state)
+        elif isinstance(record, wire.Wait):
+            self._snapshots.asked(offset)
+        elif isinstance(record, wire.Genesis) and outcome.valid:
+            actions.append(Note("warning", f"the state started afresh (genesis at offset {offset})"))
+        if record is None or not mine:
             if self.live and not self.state.is_live(self.session or ""):
-                actions += self._lose_session(now, "the log shows this node's lease expired")
+                actions += self._lose_session(now, self._why_ended())
             return actions
+        assert record is not None
         sent = self._sent.pop(record.seq, None)
         if sent is None:
             return actions  # a record of this session already handled (or a duplicate)
-        session_live = self.state.is_live(self.session)
+        session_live = self.state.is_live(record.session)
         if session_live and outcome.valid:
             self.lease_deadline = max(self.lease_deadline, sent.at + self.settings.lease_ms - self.settings.margin_ms)
         match record:
             case wire.Hello():
                 if outcome.valid:
                     self.live = True
+                    self._live_since = now
                     actions.append(Note("info", f"session {self.session} is live at offset {offset}"))
                 else:
                     actions += self._lose_session(now, "hello was not accepted")
@@ -376,14 +320,14 @@ class NodeCore:
                 for name in record.entries:
                     self._claiming.pop(name, None)
                 for name in outcome.granted:
-                    self._schedule_plan(name, self.state.log_time)
+                    self._schedule_plan(name, _NEVER)
             case wire.Decide():
                 for item in record.items:
                     self._deciding.pop(item.entry, None)
                 for item in outcome.decided:
                     heapq.heappush(self._to_publish, (item.tick, item.entry, item.epoch))
                 for item in record.items:
-                    self._schedule_plan(item.entry, self.state.log_time)
+                    self._schedule_plan(item.entry, _NEVER)
             case wire.Release():
                 for name, _ in record.items:
                     self._releasing.pop(name, None)
@@ -395,21 +339,29 @@ class NodeCore:
             case _:
                 pass
         if self.live and not session_live:
-            actions += self._lose_session(now, "the log shows this node's lease expired")
+            actions += self._lose_session(now, self._why_ended())
         return actions
+
+    def _why_ended(self) -> str:
+        if self.session in self.state.ended:
+            return "another replica voted it out (it had read no record of this node for a lease)"
+        return "the log shows this node's session ended"
 
     # -- timers -------------------------------------------------------------------------------------------------
 
     def on_timer(self, now: int) -> list[Action]:
-        """Do whatever is due: publish, decide, claim, release, heartbeat, snapshot."""
-        if self.stopped or self.session is None:
+        """Do whatever is due: publish, decide, claim, release, vote, heartbeat, snapshot."""
+        if self.session is None:
             return []
+        if self.stopped:
+            return self._flush_acks(now)  # a tick the shell published after the goodbye is still confirmed
         actions: list[Action] = []
         if self.live and now > self.lease_deadline:
             actions += self._lose_session(now, "own lease ran out before it could be renewed")
             if self.stopped or not self.live:
                 return actions
         if not self.live:
+            actions += self._flush_acks(now)  # confirmations of an ended session still count
             sent = min((s.at for s in self._sent.values() if isinstance(s.record, wire.Hello)), default=None)
             if sent is not None and now - sent > self.settings.lease_ms:
                 actions.append(Note("warning", f"hello of session {self.session} not read back; starting again"))
@@ -423,31 +375,37 @@ class NodeCore:
             actions += self._flush_acks(now)
             if not self._to_publish and not self._deciding and not self._outstanding and not self._bye_sent:
                 self._bye_sent = True
-                actions.append(self._append(wire.Goodbye(session=self.session, seq=self._next_seq()), now))
+                actions.append(self._append(wire.Goodbye(session=self.session, seq=0), now))
             elif not self._bye_sent and now - self._last_sent_at >= self.settings.heartbeat_ms:
                 # Still waiting for ticks to be published: keep the lease, or they could not be published.
-                actions.append(self._append(wire.Heartbeat(session=self.session, seq=self._next_seq()), now))
+                actions.append(self._append(wire.Heartbeat(session=self.session, seq=0), now))
             return actions
-        self._reconcile()
+        actions += self._reconcile()
         actions += self._flush_acks_batched(now)
+        actions += self._votes(now)
+        actions += self._ready(now)
         actions += self._release(now)
         actions += self._claim(now)
         actions += self._resend(broker_now)
         actions += self._decide(now, broker_now)
-        actions += self._snapshot(now)
-        if self._needs_heartbeat(now):
-            actions.append(self._append(wire.Heartbeat(session=self.session, seq=self._next_seq()), now))
+        budget = self.record_budget
+        for part in self._snapshots.due(self.state, self.session, now, budget):
+            actions.append(self._append(part, now))
+        if now - self._last_sent_at >= self.settings.heartbeat_ms:
+            actions.append(self._append(wire.Heartbeat(session=self.session, seq=0), now))
         return actions
 
     def next_wakeup(self, now: int) -> int:
         """Local time at which :meth:`on_timer` should next run (earlier is harmless)."""
         if self.stopped or not self.live:
+            if self._unacked:
+                return now  # confirmations go out at once, even between sessions
             return now + self.settings.heartbeat_ms
         times = [self.lease_deadline + 1]
         if self._to_publish:
             times.append(self._local_or(self._to_publish[0][0], now))
         if self.stopping:
-            # No decisions or probes any more (the agenda may hold past times: waking for it would spin); only
+            # No decisions or votes any more (the agenda may hold past times: waking for it would spin); only
             # the decided ticks, the reports of ticks with the shell and heartbeats until the goodbye is sent.
             if not self._bye_sent:
                 times.append(self._last_sent_at + self.settings.heartbeat_ms)
@@ -460,21 +418,29 @@ class NodeCore:
             if self._decide_batch_ms:
                 at = min(at + self._decide_batch_ms, max(at, self._last_decided_at + self._decide_batch_ms))
             times.append(at)
-        probe = self._probe_at()
-        if probe is not None:
-            times.append(probe)
-        if self._snapshotting is not None:
+        vote = self._liveness.next_due(self.state, self.session)
+        if vote is not None:
+            times.append(vote)
+        if self._live_since is not None and not self.state.is_ready(self.session or ""):
+            if self._ready_sent_at is None:
+                times.append(self._live_since + self.settings.probation_ms)
+            else:
+                times.append(self._ready_sent_at + self.settings.lease_ms)
+        if self._snapshots.writing:
             times.append(now + self.settings.heartbeat_ms // 4)
         if self._unacked:
             since = now if self._unacked_since is None else self._unacked_since
             times.append(since + self._decide_batch_ms)
         return max(now, min(times))
 
-    def on_dispatched(self, entry: str, tick: int) -> None:
-        """The shell published the tick's task; remember to say so in the log (at-least-once mode)."""
+    def on_dispatched(self, entry: str, tick: int, session: str | None = None) -> None:
+        """The shell published the tick's task (handed out under ``session``, by default the current one);
+        remember to say so in the log (at-least-once mode)."""
         self._outstanding.discard((entry, tick))
-        if self.settings.delivery is DeliveryMode.AT_LEAST_ONCE and self.live:
-            self._unacked.append((entry, tick))
+        self._unblock(entry)
+        session = session or self.session
+        if self.settings.delivery is DeliveryMode.AT_LEAST_ONCE and session is not None:
+            self._unacked.append((entry, tick, session))
 
     def on_dispatch_failed(self, entry: str, tick: int, session: str | None = None) -> None:
         """The shell could not (or chose not to) publish the tick: it stays unacknowledged, so in at-least-once
@@ -484,12 +450,12 @@ class NodeCore:
             return
         self._outstanding.discard((entry, tick))
         self._resent.discard((entry, tick))  # a re-send that did not go out may be tried again
+        self._unblock(entry)
 
     def flush_acks(self, now: int) -> list[Action]:
         """Say at once which ticks were published (rather than at the next timer): shortens the window in which
-        a crash makes the next owner publish a tick again."""
-        if not self.live:
-            return []
+        a crash makes the next owner publish a tick again. Also between sessions: a confirmation from an ended
+        session counts."""
         return self._flush_acks(now)
 
     def can_publish(self, session: str, entry: str, epoch: int, now: int) -> bool:
@@ -511,23 +477,22 @@ class NodeCore:
         return self._seq
 
     def _append(self, record: wire.Record, now: int) -> Append:
+        """Number the record, stamp it with the time line, and remember it to read it back."""
+        record = dataclasses.replace(record, seq=self._next_seq(), hold=self.clock.hold(now))
         self._sent[record.seq] = _Sent(record, now)
+        self._send_times[(record.session, record.seq)] = now
+        if len(self._send_times) > _SEND_TIMES:
+            del self._send_times[next(iter(self._send_times))]
         self._last_sent_at = now
         return Append(record)
 
     def _catalog_parts(self, now: int) -> list[Action]:
         assert self.session is not None
-        data, size = self._catalog_data, self.settings.chunk_chars
-        pieces = [data[i : i + size] for i in range(0, len(data), size)] or [""]
+        pieces = chunk_text(self._catalog_data, self.settings.chunk_chars, self.record_budget)
         return [
             self._append(
                 wire.CatalogPart(
-                    session=self.session,
-                    seq=self._next_seq(),
-                    digest=self.catalog,
-                    part=i,
-                    parts=len(pieces),
-                    data=piece,
+                    session=self.session, seq=0, digest=self.catalog, part=i, parts=len(pieces), data=piece
                 ),
                 now,
             )
@@ -541,19 +506,19 @@ class NodeCore:
         # owner a re-send.
         actions += self._flush_acks(now)
         if old is not None and self.state.is_live(old):
-            # The log still thinks it lives: end it now so that others need not wait for the lease.
-            actions.append(Append(wire.Goodbye(session=old, seq=self._next_seq())))
+            # The log still thinks it lives: end it now so that others need not wait for a vote.
+            actions.append(self._append(wire.Goodbye(session=old, seq=0), now))
         self.live = False
+        self._live_since = None
         self._to_publish.clear()
         self._deciding.clear()
         self._claiming.clear()
         self._releasing.clear()
-        self._unacked.clear()
-        self._unacked_since = None
         self._outstanding.clear()
+        self._blocked.clear()
         self._agenda.clear()
         self._planned.clear()
-        self._snapshotting = None
+        self._snapshots.reset()
         self.lease_deadline = _NEVER  # local clocks may be negative: no valid lease until renewed
         if self.stopping:
             self.stopped = True
@@ -572,7 +537,7 @@ class NodeCore:
             for name in [n for n, at in pending.items() if at < limit]:
                 del pending[name]
                 if pending is self._deciding:
-                    self._schedule_plan(name, self.state.log_time)
+                    self._schedule_plan(name, _NEVER)
         if len(self._sent) > 1000 or (self._sent and next(iter(self._sent.values())).at < limit):
             # Past the producer's message timeout nothing can still arrive.
             horizon = now - max(30_000, 10 * self.settings.lease_ms)
@@ -606,35 +571,93 @@ class NodeCore:
         return self._flush_acks(now)
 
     def _flush_acks(self, now: int) -> list[Action]:
-        if not self._unacked or self.session is None:
+        if not self._unacked:
             return []
         self._unacked_since = None
-        items, self._unacked = tuple(self._unacked), []
-        return [self._append(wire.Published(session=self.session, seq=self._next_seq(), items=items), now)]
+        by_session: dict[str, list[tuple[str, int]]] = {}
+        for entry, tick, session in self._unacked:
+            by_session.setdefault(session, []).append((entry, tick))
+        self._unacked = []
+        actions: list[Action] = []
+        for session, items in by_session.items():
+            for batch in split_items(items, self._item_size, self.record_budget, self.settings.max_batch):
+                record = wire.Published(session=session, seq=0, items=tuple(batch))
+                if session == self.session and self.live:
+                    actions.append(self._append(record, now))
+                else:  # an ended session's: nothing to read back
+                    actions.append(Append(dataclasses.replace(record, seq=self._next_seq(), hold=self.clock.hold(now))))
+        return actions
 
-    def _reconcile(self) -> None:
+    def _item_size(self, item: tuple[str, int]) -> int:
+        return self._sizes(item[0])
+
+    def _reconcile(self) -> list[Action]:
         """Recompute which of this node's entries it should own, when membership or ownership changed."""
         key = (self.state.membership, self.state.freed, self.session)
         if key == self._desired_key:
-            return
+            return []
         self._desired_key = key
-        sessions = self.state.sessions
-        by_catalog: dict[str, list[str]] = {}
-        for s in sessions.values():
-            if s.catalog in self.state.catalogs:
-                by_catalog.setdefault(s.catalog, []).append(s.session)
-        groups = [(self.state.catalogs[c], ids) for c, ids in by_catalog.items()]
         me = self.session
+        notes: list[Action] = []
+        deferring = self.state.old_versions_live()
+        if deferring != self._deferring:
+            self._deferring = deferring
+            notes.append(
+                Note(
+                    "warning",
+                    "a replica of an older protocol version (0.1.0.dev) is live on this topic and cannot read this "
+                    "version's records: this replica claims nothing until it stops",
+                )
+                if deferring
+                else Note("info", "no replica of an older protocol version is live any more: claiming entries")
+            )
+        if deferring:
+            self._desired = frozenset()
+            return notes
+        # Candidates for an entry: the live sessions that said ``ready`` and can run it; only when there is none,
+        # every live session that can run it (a cluster starting up, or one whose ready sessions all went away).
+        ready: dict[str, list[str]] = {}
+        anyone: dict[str, list[str]] = {}
+        for s in self.state.sessions.values():
+            if s.catalog in self.state.catalogs:
+                anyone.setdefault(s.catalog, []).append(s.session)
+                if s.ready:
+                    ready.setdefault(s.catalog, []).append(s.session)
+        ready_groups = [(self.state.catalogs[c], ids) for c, ids in ready.items()]
+        all_groups = [(self.state.catalogs[c], ids) for c, ids in anyone.items()]
         desired = set()
         for name in self.entries:
-            candidates = [sid for names, ids in groups if name in names for sid in ids]
+            candidates = [sid for names, ids in ready_groups if name in names for sid in ids]
+            if not candidates:
+                candidates = [sid for names, ids in all_groups if name in names for sid in ids]
             if self._rendezvous.choose(name, candidates) == me:
                 desired.add(name)
         self._desired = frozenset(desired)
         # Entries kept (or wanted again) after a membership change may have been dropped from the agenda.
         for name in self.state.owned.get(me or "", set()) & self._desired:
-            if name not in self._planned and name not in self._deciding:
-                self._schedule_plan(name, self.state.log_time)
+            if name not in self._planned and name not in self._deciding and name not in self._blocked:
+                self._schedule_plan(name, _NEVER)
+        return notes
+
+    def _ready(self, now: int) -> list[Action]:
+        """Say ``ready`` once the session has been live for its probation (again if it was not read back)."""
+        assert self.session is not None
+        if self._live_since is None or now - self._live_since < self.settings.probation_ms:
+            return []
+        if self.state.is_ready(self.session):
+            return []
+        if self._ready_sent_at is not None and now - self._ready_sent_at < self.settings.lease_ms:
+            return []
+        self._ready_sent_at = now
+        return [self._append(wire.Ready(session=self.session, seq=0), now)]
+
+    def _votes(self, now: int) -> list[Action]:
+        assert self.session is not None
+        due = self._liveness.due(self.state, self.session, now)
+        if not due:
+            return []
+        batches = split_items(due, self._item_size, self.record_budget, self.settings.max_batch)
+        return [self._append(wire.Expire(session=self.session, seq=0, items=tuple(b)), now) for b in batches]
 
     def _claim(self, now: int) -> list[Action]:
         assert self.session is not None
@@ -652,15 +675,12 @@ class NodeCore:
         if not todo:
             self._claim_key = key
             return []
-        # Everything claimable at once, max_batch entries per record: one scan of the wanted entries, not one per
+        # Everything claimable at once, in as few records as fit: one scan of the wanted entries, not one per
         # record (100,000 entries at start-up would be scanned 20 times).
         todo.sort()
         self._claiming.update(dict.fromkeys(todo, now))
-        size = self.settings.max_batch
-        return [
-            self._append(wire.Claim(session=self.session, seq=self._next_seq(), entries=tuple(todo[i : i + size])), now)
-            for i in range(0, len(todo), size)
-        ]
+        batches = split_items(todo, self._sizes, self.record_budget, self.settings.max_batch)
+        return [self._append(wire.Claim(session=self.session, seq=0, entries=tuple(b)), now) for b in batches]
 
     def _release(self, now: int) -> list[Action]:
         assert self.session is not None
@@ -702,9 +722,10 @@ class NodeCore:
         self._released.update(items)
         # Confirmations still gathering go first: the next owner must not find a published tick unconfirmed (it
         # would publish it again).
+        batches = split_items(items, self._item_size, self.record_budget, self.settings.max_batch)
         return [
             *self._flush_acks(now),
-            self._append(wire.Release(session=self.session, seq=self._next_seq(), items=tuple(items)), now),
+            *(self._append(wire.Release(session=self.session, seq=0, items=tuple(b)), now) for b in batches),
         ]
 
     def _resend(self, broker_now: int) -> list[Action]:
@@ -721,11 +742,23 @@ class NodeCore:
                 self._resent.add(key)
                 self._outstanding.add(key)
                 actions.append(Dispatch(name, tick, self.session, entry.epoch, resend=True))
+        if len(self._resent) > 4 * len(self.state.foreign) + 1000:
+            # Forget re-sends whose tick is no longer unconfirmed (confirmed since, or its entry moved on).
+            self._resent = {
+                (name, tick)
+                for name, tick in self._resent
+                if (e := self.state.entries.get(name)) is not None and any(t == tick for t, _ in e.unconfirmed)
+            }
         return actions
 
     def _schedule_plan(self, name: str, at: int) -> None:
         self._planned[name] = at
         heapq.heappush(self._agenda, (at, name))
+
+    def _unblock(self, entry: str) -> None:
+        if entry in self._blocked and not any(e == entry for e, _ in self._outstanding):
+            self._blocked.discard(entry)
+            self._schedule_plan(entry, _NEVER)
 
     def _decide(self, now: int, broker_now: int) -> list[Action]:
         assert self.session is not None
@@ -747,6 +780,7 @@ class NodeCore:
         ):
             return []
         held: set[str] | None = None  # built on first use: most calls never need it
+        stuck: set[str] | None = None
         while self._agenda and self._agenda[0][0] <= broker_now and len(items) < self.settings.max_batch:
             at, name = heapq.heappop(self._agenda)
             if self._planned.get(name) != at:
@@ -762,6 +796,16 @@ class NodeCore:
                     held = {entry for entry, _ in self._outstanding}
                 if name not in held:
                     continue  # about to be released; the next owner decides
+            if self._outstanding:
+                if stuck is None:
+                    # A tick with the shell for longer than the grace (its publish keeps failing: the Celery broker
+                    # is down): decide nothing more for its entry until the shell reports it, so that the ticks
+                    # falling due meanwhile follow the catch-up policy instead of piling up behind it.
+                    limit = broker_now - self.settings.catchup_grace_ms
+                    stuck = {entry for entry, tick in self._outstanding if tick < limit}
+                if name in stuck:
+                    self._blocked.add(name)
+                    continue
             entry = self.state.entries[name]
             prev = entry.last_tick if entry.last_tick is not None else entry.anchor
             assert prev is not None  # a granted claim sets the anchor of an entry that never ran
@@ -775,128 +819,8 @@ class NodeCore:
             return []
         self._last_decided_at = now
         ack = self.settings.delivery is DeliveryMode.AT_LEAST_ONCE
-        return [self._append(wire.Decide(session=self.session, seq=self._next_seq(), items=tuple(items), ack=ack), now)]
+        batches = split_items(items, self._decide_size, self.record_budget, self.settings.max_batch)
+        return [self._append(wire.Decide(session=self.session, seq=0, items=tuple(b), ack=ack), now) for b in batches]
 
-    def _needs_heartbeat(self, now: int) -> bool:
-        if now - self._last_sent_at >= self.settings.heartbeat_ms:
-            return True
-        probe = self._probe_at()
-        return probe is not None and now >= probe
-
-    def _probe_at(self) -> int | None:
-        """Local time just after the earliest other session's lease ends in broker time: a record written then
-        moves log time past it, so its entries can be taken over without waiting for the next heartbeat."""
-        ends = [s.renewed + s.lease_ms for s in self.state.sessions.values() if s.session != self.session]
-        if not ends:
-            return None
-        local = self.to_local(min(ends) + 1)
-        if local is None or local <= self._last_sent_at:
-            return None
-        return local
-
-    # -- snapshots ----------------------------------------------------------------------------------------------
-
-    def _snapshot_seen(self, record: wire.SnapshotPart) -> list[Action]:
-        parts = self._snapshot_parts.setdefault(record.snap_id, set())
-        parts.add(record.part)
-        if len(parts) < record.parts:
-            return []
-        del self._snapshot_parts[record.snap_id]
-        previous = self._snapshot_as_of
-        if record.as_of > self._snapshot_as_of:
-            self._snapshot_as_of = record.as_of
-            self._snapshot_log_time = self.state.log_time
-        mine = self._snapshotting
-        if mine is not None and mine.snap_id == record.snap_id:
-            self._snapshotting = None
-            # Keep one snapshot interval of slack: delete only what the *previous* snapshot covers, so that a
-            # running node has to lag a whole interval behind before records vanish under it (it would then
-            # have to rebuild from the topic and start a new session).
-            if 0 <= previous < record.as_of:
-                return [Truncate(previous + 1)]
-        return []
-
-    def _snapshot(self, now: int) -> list[Action]:
-        assert self.session is not None
-        if self._snapshotting is not None:
-            if now - self._snapshotting.started > 10 * self.settings.lease_ms:
-                self._snapshotting = None  # parts lost; try again
-            return []
-        sessions = self.state.sessions
-        oldest = min(sessions.values(), key=lambda s: s.started, default=None)
-        if oldest is None or oldest.session != self.session:
-            return []
-        if self._snapshot_log_time is None:
-            self._snapshot_log_time = self.state.log_time  # count the interval from now, not from log time 0
-        behind = self.state.offset - self._snapshot_as_of
-        stale = self.state.log_time - self._snapshot_log_time >= self.settings.snapshot_interval_ms
-        if behind < self.settings.snapshot_records and not (stale and behind > 1):
-            return []
-        self._snap_count += 1
-        snap_id = f"{self.session}/{self._snap_count}"
-        data, size = self.state.to_json(), self.settings.chunk_chars
-        pieces = [data[i : i + size] for i in range(0, len(data), size)]
-        self._snapshotting = _Snapshotting(snap_id, self.state.offset, set(range(len(pieces))), now)
-        return [
-            self._append(
-                wire.SnapshotPart(
-                    session=self.session,
-                    seq=self._next_seq(),
-                    snap_id=snap_id,
-                    as_of=self.state.offset,
-                    part=i,
-                    parts=len(pieces),
-                    data=piece,
-                ),
-                now,
-            )
-            for i, piece in enumerate(pieces)
-        ]
-
-
-@dataclass(slots=True)
-class Bootstrap:
-    """Rebuilds the state of a starting node from what is left of the topic.
-
-    Feed every record from the log start to the end offset; keep the complete snapshot with the highest
-    ``as_of`` and the records after it; then :meth:`finish` folds them. A topic truncated without a snapshot
-    covering the gap cannot be trusted, and says so.
-    """
-
-    log_start: int
-    _best: tuple[int, str] | None = None
-    _parts: dict[str, dict[int, str]] = field(default_factory=dict)
-    _tail: list[tuple[int, int, wire.Record | None]] = field(default_factory=list)
-
-    def feed(self, offset: int, timestamp: int, record: wire.Record | None) -> None:
-        self._tail.append((offset, timestamp, record))
-        if not isinstance(record, wire.SnapshotPart):
-            return
-        parts = self._parts.setdefault(record.snap_id, {})
-        parts[record.part] = record.data
-        if len(parts) < record.parts:
-            return
-        del self._parts[record.snap_id]
-        if self._best is not None and record.as_of <= self._best[0]:
-            return
-        data = "".join(parts[i] for i in range(record.parts))
-        self._best = (record.as_of, data)
-        self._tail = [r for r in self._tail if r[0] > record.as_of]
-
-    def finish(self) -> ClusterState:
-        if self._best is not None:
-            state = ClusterState.from_json(self._best[1])
-            if state.offset != self._best[0]:
-                raise ValueError(f"snapshot says as_of {self._best[0]} but holds offset {state.offset}")
-        elif self.log_start > 0:
-            raise ValueError(
-                f"the sync topic starts at offset {self.log_start} and holds no snapshot: records were deleted "
-                "(by retention?) and the schedule state cannot be rebuilt; set retention.ms=-1 on the topic"
-            )
-        else:
-            state = ClusterState()
-        for offset, timestamp, record in self._tail:
-            if offset > state.offset:
-                state.apply(offset, timestamp, record)
-        self._tail = []
-        return state
+    def _decide_size(self, item: wire.DecideItem) -> int:
+        return self._sizes(item.entry)

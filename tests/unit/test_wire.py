@@ -21,6 +21,13 @@ RECORDS: list[wire.Record] = [
     wire.Goodbye(session="s1", seq=7),
     wire.CatalogPart(session="s1", seq=8, digest="abc", part=0, parts=2, data='["a",'),
     wire.SnapshotPart(session="s1", seq=9, snap_id="s1/1", as_of=41, part=1, parts=2, data="{}"),
+    wire.Ready(session="s1", seq=10),
+    wire.Expire(session="s1", seq=11, items=(("s2", 40),)),
+    wire.Wait(session="w1", seq=1, low=12, mark=True),
+    wire.Wait(session="w1", seq=2, low=12),
+    wire.Genesis(session="w1", seq=3, start=13, elapsed_ms=33_000, floor=1_700_000_000_000),
+    wire.Heartbeat(session="s1", seq=12, hold=(1_700_000_000_000, 2500)),
+    wire.Hello(session="s0", seq=1, node="old:1", lease_ms=3000, catalog="abc", version=1),
 ]
 
 
@@ -29,6 +36,56 @@ def test_every_kind_round_trips(record: wire.Record) -> None:
     key, value = wire.encode(record)
     assert wire.decode(value) == record
     assert key.startswith(json.loads(value)["k"].encode())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"ckb":1,"k":"hb","s":"x","q":' + b"1" * 5000 + b"}",
+        b'{"ckb":2,"k":"hb","s":"x","q":' + b"1" * 5000 + b"}",
+        b'{"ckb":2,"k":"decide","s":"x","q":1,"i":[["e",1,' + b"9" * 30 + b"]]}",
+        b"[" * 100_000,
+        b'{"ckb":2,"k":"hb","s":"x","q":NaN}',
+        b'{"ckb":2,"k":"hb","s":"x","q":Infinity}',
+        b'{"ckb":2,"k":"hb","s":"x","q":1e999}',
+        b'{"ckb":2,"k":"hb","s":"x","q":1,"w":[1,-5]}',
+        b'{"ckb":2,"k":"hb","s":"x","q":1,"w":"soon"}',
+        b'{"ckb":2,"k":"wait","s":"x","q":1,"low":1,"mark":true}',
+        b'{"ckb":1,"k":"ready","s":"x","q":1}',
+        b'{"ckb":2,"k":"snap","s":"x","q":1,"id":"a","as_of":1,"p":0,"n":100001,"data":""}',
+        b" " * (wire.MAX_VALUE_BYTES + 1),
+    ],
+    ids=[
+        "v1-int-5000-digits",
+        "int-5000-digits",
+        "tick-30-digits",
+        "nesting",
+        "nan",
+        "infinity",
+        "huge-float",
+        "negative-held",
+        "bad-hold",
+        "bool-mark",
+        "v1-new-kind",
+        "too-many-parts",
+        "too-large",
+    ],
+)
+def test_poison_values_raise_wire_errors_only(value: bytes) -> None:
+    """Reproduced: a 5 KB heartbeat with a 5,000-digit seq made json.loads raise a plain ValueError that stopped
+    every replica, once a second, for ever."""
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode(value)
+    assert caught.value.code
+
+
+def test_each_kind_of_problem_has_a_stable_code() -> None:
+    codes = set()
+    for value in (b"nope", b"[]", b'{"ckb":9}', b'{"ckb":2,"k":"x"}', b'{"ckb":2,"k":"hb","s":"","q":1}'):
+        with pytest.raises(wire.WireError) as caught:
+            wire.decode(value)
+        codes.add(caught.value.code)
+    assert codes == {"not-json", "no-marker", "future-version", "unknown-kind", "hb:s"}
 
 
 def test_future_version_is_refused_as_such() -> None:
@@ -70,6 +127,9 @@ def test_arbitrary_bytes_only_ever_raise_wire_errors(value: bytes) -> None:
         wire.decode(value)
 
 
+FIELDS = ["s", "q", "node", "lease", "cat", "e", "i", "d", "p", "n", "data", "id", "as_of", "w", "low", "mark", "el"]
+FIELDS += ["from", "floor", "a"]
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5),
@@ -79,14 +139,17 @@ json_values = st.recursive(
 
 @settings(max_examples=500, deadline=None)
 @given(
-    st.sampled_from(["hello", "hb", "claim", "release", "decide", "published", "bye", "catalog", "snap"]),
+    st.sampled_from(wire.KINDS),
     st.dictionaries(
-        st.sampled_from(["s", "q", "node", "lease", "cat", "e", "i", "d", "p", "n", "data", "id", "as_of"]),
+        st.sampled_from(FIELDS),
         json_values,
     ),
+    st.sampled_from([1, 2]),
 )
-def test_structured_garbage_of_every_kind_only_raises_wire_errors(kind: str, fields: dict[str, object]) -> None:
-    value = json.dumps({"ckb": 1, "k": kind, **fields}).encode()
+def test_structured_garbage_of_every_kind_only_raises_wire_errors(
+    kind: str, fields: dict[str, object], version: int
+) -> None:
+    value = json.dumps({"ckb": version, "k": kind, **fields}).encode()
     try:
         record = wire.decode(value)
     except wire.WireError:

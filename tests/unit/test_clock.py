@@ -1,0 +1,126 @@
+"""The time line: follows the brokers' clock, holds a step, adopts it after the hold, joins a peer's hold."""
+
+from __future__ import annotations
+
+from celery_kafka_beat.protocol import BrokerClock, ClockStep
+
+STEP, HOLD = 1000, 60_000
+BASE = 1_700_000_000_000  # broker ms at local 0
+
+
+def _clock() -> BrokerClock:
+    return BrokerClock(step_ms=STEP, hold_ms=HOLD)
+
+
+def _feed(clock: BrokerClock, start: int, end: int, broker_offset: int, *, own: bool = False) -> list[ClockStep]:
+    """Records appended every 100 ms (local) with the broker clock at ``BASE + broker_offset``, read 3 ms later."""
+    steps = []
+    for local in range(start, end, 100):
+        ts = BASE + broker_offset + local
+        step = clock.observe(ts, local + 3, sent_at=local - 1 if own else None)
+        if step is not None:
+            steps.append(step)
+    return steps
+
+
+def test_it_follows_the_brokers_clock_as_a_lower_bound() -> None:
+    clock = _clock()
+    _feed(clock, 0, 1000, 0)
+    now = clock.now(1003)
+    assert now is not None
+    assert BASE + 1000 - 3 <= now <= BASE + 1003
+
+
+def test_a_step_forward_is_held_then_adopted_after_the_hold() -> None:
+    """Reproduced: one record timestamped 60 s ahead (a leader on a fast broker) made ticks go out 60 s early."""
+    clock = _clock()
+    _feed(clock, 0, 1000, 0)
+    (step,) = _feed(clock, 1000, 2000, 60_000)
+    assert step.by_ms > 59_000
+    assert not step.adopted
+    assert "60.0 s ahead" in step.describe(42)
+    line = clock.now(2003)
+    assert line is not None
+    assert abs(line - (BASE + 2003)) < 10  # not 60 s ahead
+    assert clock.hold(2003) == (line, 2003 - 1003)
+    adopted = _feed(clock, 2000, 1000 + HOLD + 200, 60_000)
+    assert [s.adopted for s in adopted] == [True]
+    assert not clock.holding
+    assert clock.hold(HOLD + 2000) is None
+
+
+def test_a_step_that_goes_back_before_the_hold_costs_nothing() -> None:
+    clock = _clock()
+    _feed(clock, 0, 1000, 0)
+    _feed(clock, 1000, 30_000, 60_000)  # the leader moved to a broker 60 s fast, for 29 s
+    assert clock.holding
+    _feed(clock, 30_000, 34_000, 0)  # and back
+    assert not clock.holding
+    now = clock.now(34_003)
+    assert now is not None
+    assert abs(now - (BASE + 34_003)) < 10
+
+
+def test_a_step_back_is_held_too() -> None:
+    """Reproduced: after a step back, an entry was silent for as long as the step."""
+    clock = _clock()
+    _feed(clock, 0, 5000, 0)
+    steps = _feed(clock, 5000, 10_000, -60_000, own=True)
+    assert len(steps) == 1
+    assert steps[0].by_ms < -59_000
+    now = clock.now(10_003)
+    assert now is not None
+    assert abs(now - (BASE + 10_003)) < 10
+
+
+def test_reading_late_is_not_a_step_back() -> None:
+    """A node that reads far behind (a stall, a slow consumer) sees old timestamps, but its own records were
+    appended on time: its time line stays where it was."""
+    clock = _clock()
+    _feed(clock, 0, 5000, 0, own=True)
+    for local in range(5000, 9000, 100):  # records appended on time, read 2.5 s late
+        assert clock.observe(BASE + local, local + 2500) is None
+        clock.observe(BASE + local, local + 2500, sent_at=local - 1)
+    assert not clock.holding
+    now = clock.now(11_500)
+    assert now is not None
+    assert abs(now - (BASE + 11_500)) < 10
+
+
+def test_a_node_starting_during_a_step_joins_its_peers_hold() -> None:
+    """A peer holding a step writes [time line, held ms]; a node that has no time line of its own yet takes the
+    peer's correction (from that very record: no read latency involved) and the time held, so that both adopt the
+    step together."""
+    clock = _clock()
+    ts = BASE + 60_000 + 1000  # the broker is 60 s ahead; the peer's line is the real time
+    (joined,) = [s for s in [clock.observe(ts, 1003, peer_hold=(BASE + 1000, 20_000))] if s is not None]
+    assert joined.joined
+    assert joined.held_ms == 20_000
+    now = clock.now(1003)
+    assert now is not None
+    assert abs(now - (BASE + 1003)) < 10
+    adopted = _feed(clock, 1100, 1000 + HOLD - 20_000 + 500, 60_000)
+    assert [s.adopted for s in adopted] == [True]
+
+
+def test_a_peer_that_is_merely_late_is_not_joined() -> None:
+    """A peer that is not holding a step writes no time line; a hold whose correction is within a step is noise."""
+    clock = _clock()
+    _feed(clock, 0, 1000, 0)
+    assert clock.observe(BASE + 1000, 1003, peer_hold=(BASE + 1000 - 500, 5000)) is None
+    assert not clock.holding
+
+
+def test_a_second_step_during_a_hold_restarts_the_hold() -> None:
+    """A leader moving again while a step is held (to a broker whose clock is off the other way) is a new step:
+    it is adopted only if it, too, lasts the whole hold."""
+    clock = _clock()
+    _feed(clock, 0, 1000, 0)
+    _feed(clock, 1000, 40_000, -60_000, own=True)  # held 39 s
+    _feed(clock, 40_000, 1000 + HOLD + 1000, 70_000)  # another broker, +70 s: 22 s so far
+    assert clock.holding
+    now = clock.now(1000 + HOLD + 1003)
+    assert now is not None
+    assert abs(now - (BASE + 1000 + HOLD + 1003)) < 10
+    adopted = _feed(clock, 1000 + HOLD + 1000, 40_000 + HOLD + 200, 70_000)
+    assert [s.adopted for s in adopted] == [True]

@@ -1,0 +1,275 @@
+"""Replicas that are sick in ways a healthy owner must not pay for, and the protocol's bookkeeping under faults.
+
+A small deterministic cluster: every node's appends land in one log at once; each node reads it (optionally late),
+runs its timers every 10 ms and publishes what it is handed at once. Local time is broker time here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from celery_kafka_beat import wire
+from celery_kafka_beat.protocol import (
+    Action,
+    Append,
+    Bootstrap,
+    CatchUp,
+    ClusterState,
+    DeliveryMode,
+    Dispatch,
+    NodeCore,
+    NodeSettings,
+    Truncate,
+)
+from celery_kafka_beat.protocol import node as node_module
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
+
+BASE = 1_700_000_000_000
+PERIOD = 1000
+ENTRIES = {f"e{i}": PERIOD for i in range(6)}
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    core: NodeCore
+    read_pos: int
+    lag: int = 0
+    alive: bool = True
+    report: bool = True
+    """Reports every dispatched tick as published at once (else the shell keeps them, as during a broker outage)."""
+
+
+class Cluster:
+    def __init__(self, **settings: object) -> None:
+        self.settings = NodeSettings(node="-", **settings)  # type: ignore[arg-type]
+        self.now = BASE
+        self.log: list[tuple[int, wire.Record | None]] = []  # (broker ts, record)
+        self.log_start = 0
+        self.members: dict[str, Member] = {}
+        self.dispatched: dict[tuple[str, int], list[str]] = {}
+        self.sessions = itertools.count(1)
+        self.truncations: list[int] = []
+
+    def start(self, name: str, lag: int = 0) -> Member:
+        boot = Bootstrap(self.log_start)
+        for offset in range(self.log_start, len(self.log)):
+            boot.feed(offset, *self.log[offset])
+        state = boot.finish()
+        assert state is not None
+        settings = dataclasses.replace(self.settings, node=name)
+        schedule = IntervalSchedule(ENTRIES)
+        core = NodeCore(settings, ENTRIES, schedule, lambda: f"{name}.{next(self.sessions)}", state)
+        member = self.members[name] = Member(name, core, len(self.log), lag)
+        self._run(member, core.start(self.now))
+        return member
+
+    def kill(self, name: str) -> None:
+        self.members[name].alive = False
+
+    def append(self, record: wire.Record | None) -> None:
+        self.log.append((self.now, record))
+
+    def _run(self, member: Member, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Append):
+                self.append(action.record)
+            elif isinstance(action, Dispatch):
+                self.dispatched.setdefault((action.entry, action.tick), []).append(member.name)
+                if member.report:
+                    member.core.on_dispatched(action.entry, action.tick, action.session)
+            elif isinstance(action, Truncate):
+                self.truncations.append(action.before)
+
+    def advance(self, ms: int) -> None:
+        for _ in range(ms // 10):
+            self.now += 10
+            for member in list(self.members.values()):
+                if not member.alive:
+                    continue
+                # Reads what was appended at least `lag` ms ago (a lag beyond the lease: it can write, not read).
+                while member.read_pos < len(self.log) and self.log[member.read_pos][0] <= self.now - member.lag:
+                    ts, record = self.log[member.read_pos]
+                    self._run(member, member.core.on_record(member.read_pos, ts, record, self.now))
+                    member.read_pos += 1
+                self._run(member, member.core.on_timer(self.now))
+
+    def owned(self, name: str) -> set[str]:
+        core = self.members[name].core
+        return set(core.state.owned.get(core.session or "", set()))
+
+    def missing(self, entries: set[str], start: int, end: int) -> list[tuple[str, int]]:
+        """Ticks of ``entries`` due in [start, end) that nobody dispatched (every entry's phase is 0 mod PERIOD
+        relative to its first tick)."""
+        gaps = []
+        for entry in sorted(entries):
+            ticks = sorted(t for (e, t) in self.dispatched if e == entry)
+            first = next(t for t in ticks if t >= start)
+            gaps += [(entry, t) for t in range(first, end, PERIOD) if (entry, t) not in self.dispatched]
+        return gaps
+
+
+def _healthy_owner() -> tuple[Cluster, set[str]]:
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=2000)
+    cluster.start("a")
+    cluster.advance(3000)
+    assert cluster.members["a"].core.state.is_ready(cluster.members["a"].core.session or "")
+    owned = cluster.owned("a")
+    assert owned == set(ENTRIES)
+    return cluster, owned
+
+
+def test_a_crash_looping_joiner_costs_the_healthy_owner_nothing() -> None:
+    """Reproduced: a joiner that dies right after its hello took entries at every hello; each was lost until its
+    lease ended. Now it is a candidate only after its probation, which it never lives to see."""
+    cluster, owned = _healthy_owner()
+    start = cluster.now
+    for i in range(20):  # a new life every 1.5 s (the probation is 2 s), dying 1 s after it starts
+        cluster.start(f"loop{i}")
+        cluster.advance(1000)
+        cluster.kill(f"loop{i}")
+        cluster.advance(500)
+        assert cluster.owned("a") == owned
+    assert cluster.missing(owned, start, cluster.now - PERIOD) == []
+    assert all(names == ["a"] for names in cluster.dispatched.values())
+
+
+def test_a_replica_that_can_write_but_not_read_costs_the_healthy_owner_nothing() -> None:
+    """Reproduced: a replica whose reads lag beyond the lease sends a new hello every lease; each one moved entries
+    away from a healthy owner (240 of 448 ticks lost in 60 s)."""
+    cluster, owned = _healthy_owner()
+    start = cluster.now
+    deaf = cluster.start("deaf", lag=3000)
+    cluster.advance(30_000)
+    assert cluster.owned("a") == owned
+    assert cluster.missing(owned, start, cluster.now - PERIOD) == []
+    hellos = [r for _, r in cluster.log if isinstance(r, wire.Hello) and r.node == "deaf"]
+    assert len(hellos) > 5  # it kept trying, and never got anything
+    assert cluster.owned("deaf") == set()
+    assert not deaf.core.state.is_ready(deaf.core.session or "")
+
+
+def test_the_old_rule_candidacy_at_hello_loses_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: a session is a candidate from its hello on (how it was): the crash-looping joiner takes entries
+    and the healthy owner's ticks are lost. Shows that the tests above can fail."""
+    monkeypatch.setattr(ClusterState, "is_ready", lambda self, session: session in self.sessions)
+    original = node_module.NodeCore._reconcile
+
+    def at_hello(self: NodeCore) -> list[Action]:
+        for s in self.state.sessions.values():
+            s.ready = True
+        return original(self)
+
+    monkeypatch.setattr(node_module.NodeCore, "_reconcile", at_hello)
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=2000)
+    cluster.start("a")
+    cluster.advance(3000)
+    start = cluster.now
+    for i in range(10):
+        cluster.start(f"loop{i}")
+        cluster.advance(1000)
+        cluster.kill(f"loop{i}")
+        cluster.advance(500)
+    assert cluster.missing(set(ENTRIES), start, cluster.now - PERIOD) != []
+
+
+def test_a_silent_session_is_voted_out_a_lease_after_its_last_record_was_read() -> None:
+    cluster, _ = _healthy_owner()
+    cluster.start("b")
+    cluster.advance(3000)
+    b = cluster.members["b"].core.session
+    cluster.kill("b")
+    died = cluster.now
+    cluster.advance(2000)
+    votes = [(ts, r) for ts, r in cluster.log if isinstance(r, wire.Expire) and any(s == b for s, _ in r.items)]
+    assert votes
+    ts, _ = votes[0]
+    assert died + 1000 - 260 <= ts <= died + 1000 + 30  # a lease after the last record it wrote (heartbeat 250 ms)
+    assert not cluster.members["a"].core.state.is_live(b or "")
+
+
+def test_confirmations_of_a_session_that_was_lost_are_still_written() -> None:
+    """Reproduced: confirmations were dropped while the core was not live, so the next owner published those
+    ticks again (at-least-once)."""
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=0, delivery=DeliveryMode.AT_LEAST_ONCE)
+    node = cluster.start("a")
+    node.report = False
+    cluster.advance(3000)
+    handed = [k for k, names in cluster.dispatched.items() if "a" in names]
+    old = node.core.session
+    cluster.advance(1200)  # pausing appends: simulate the session being lost before the publish is reported
+    node.core._lose_session(cluster.now, "test")
+    assert node.core.session != old
+    for entry, tick in handed:
+        node.core.on_dispatched(entry, tick, old)
+    cluster._run(node, node.core.flush_acks(cluster.now))
+    confirmed = {
+        (e, t) for _, r in cluster.log if isinstance(r, wire.Published) and r.session == old for e, t in r.items
+    }
+    assert set(handed) <= confirmed
+
+
+def test_a_celery_broker_outage_does_not_pile_ticks_up_behind_it() -> None:
+    """Reproduced: after a Celery broker outage every tick decided during it went out in one burst, whatever the
+    catch-up policy. Now the entry is not decided further while one of its ticks is overdue with the shell."""
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=0, catchup=CatchUp.ONCE)
+    node = cluster.start("a")
+    cluster.advance(3000)
+    node.report = False  # the Celery broker is down: nothing is reported published (the shell keeps retrying)
+    before = len(cluster.dispatched)
+    cluster.advance(60_000)
+    piled = len(cluster.dispatched) - before
+    assert piled <= 3 * len(ENTRIES)  # a tick or two per entry (within the 1 s grace), not sixty
+    for entry, tick in list(cluster.dispatched)[before:]:
+        node.core.on_dispatched(entry, tick)  # the broker is back: they go out
+    node.report = True
+    after = len(cluster.dispatched)
+    cluster.advance(500)
+    # Then the catch-up policy: once, the latest overdue tick, per entry.
+    assert len(cluster.dispatched) - after <= 2 * len(ENTRIES)
+
+
+def test_records_never_exceed_the_budget() -> None:
+    """Reproduced: a claim larger than the topic's max.message.bytes was retried for ever. Every list is split by
+    size as well as by count."""
+    names = {f"{'x' * 900}{i}": PERIOD for i in range(300)}
+    settings = NodeSettings(node="n", max_record_bytes=16_384, probation_ms=0)
+    core = NodeCore(settings, names, IntervalSchedule(names), lambda: "s1")
+    written = [a.record for a in core.start(BASE) if isinstance(a, Append)]  # catalog parts and the hello
+    assert all(len(wire.encode(r)[1]) <= 16_384 for r in written)
+    for offset, record in enumerate(written):
+        core.on_record(offset, BASE, record, BASE)
+    claims = [a.record for a in core.on_timer(BASE + 1) if isinstance(a, Append)]
+    assert len(claims) > 10
+    assert all(len(wire.encode(r)[1]) <= 16_384 for r in claims)
+    assert sorted(n for r in claims if isinstance(r, wire.Claim) for n in r.entries) == sorted(names)
+
+
+def test_stray_snapshot_parts_neither_stop_snapshots_nor_delete_records() -> None:
+    """Reproduced: a snap record with as_of far beyond its offset made running nodes never snapshot or truncate
+    again."""
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=0, snapshot_records=20)
+    cluster.start("a")
+    cluster.advance(2000)
+    lie = wire.SnapshotPart(session="a.1", seq=10**6, snap_id="lie", as_of=10**12, part=0, parts=1, data="{}")
+    cluster.append(lie)
+    cluster.append(wire.SnapshotPart(session="x", seq=1, snap_id="y", as_of=1, part=0, parts=1, data="{}"))
+    cluster.advance(20_000)
+    snaps = {r.snap_id for _, r in cluster.log if isinstance(r, wire.SnapshotPart)}
+    assert len(snaps) > 3
+    assert cluster.truncations
+    assert max(cluster.truncations) < len(cluster.log)
+
+
+def test_a_waiter_is_answered_with_a_snapshot_at_once() -> None:
+    cluster, _ = _healthy_owner()
+    before = sum(isinstance(r, wire.SnapshotPart) for _, r in cluster.log)
+    cluster.append(wire.Wait(session="w", seq=1, low=len(cluster.log), mark=True))
+    wait_offset = len(cluster.log) - 1
+    cluster.advance(200)
+    parts = [(o, r) for o, (_, r) in enumerate(cluster.log) if isinstance(r, wire.SnapshotPart)]
+    assert len(parts) > before
+    assert parts[-1][1].as_of >= wait_offset
