@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from celery.exceptions import ImproperlyConfigured
 
-from celery_kafka_beat.protocol import CatchUp, DeliveryMode, NodeSettings
+from celery_kafka_beat.protocol import MAX_LEASE_MS, CatchUp, DeliveryMode, NodeSettings
 
 __all__ = ["PREFIX", "SETTINGS", "ConfigError", "KafkaBeatConfig", "default_node_name"]
 
@@ -52,6 +52,12 @@ SETTINGS: Final[Mapping[str, Any]] = {
     "kafka_beat_topic_min_insync_replicas": None,
     # Why True: a first replica on a fresh cluster just works; clusters that forbid topic creation set False.
     "kafka_beat_create_topic": True,
+    # Why 5 s: longer than a replica that crash-loops (OOM on start, a bad deploy) usually lives, so it never takes
+    # an entry from a healthy owner; short enough that a new replica gets its share soon after it starts.
+    "kafka_beat_probation": 5.0,
+    # Why 10 min: a partition leader that moved to a broker with a wrong clock is usually moved back by Kafka's
+    # preferred-leader election within 5 minutes; a step that lasts twice that is taken as the brokers' new time.
+    "kafka_beat_clock_step_hold": 600.0,
 }
 
 #: librdkafka settings KafkaScheduler sets itself; overriding them would break the protocol's assumptions.
@@ -62,7 +68,7 @@ _MANAGED: Final = {
     "auto.offset.reset": "must stay 'error' so that deleted records are noticed",
     "enable.idempotence": "must stay true: a retried append must not be duplicated",
     "acks": "must stay 'all': a record is read back only once it is replicated",
-    "isolation.level": "not used",
+    "isolation.level": "must stay 'read_uncommitted': another producer's open transaction would hold every read",
     "enable.auto.offset.store": "nothing is committed",
     "enable.partition.eof": "the node reads the partition continuously",
     "fetch.wait.max.ms": "kept low (10 ms): a decision is read back before it is acted on",
@@ -126,6 +132,8 @@ class KafkaBeatConfig:
     replication_factor: int | None = None
     min_insync_replicas: int | None = None
     create_topic: bool = True
+    probation_ms: int = 5000
+    clock_hold_ms: int = 600_000
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> KafkaBeatConfig:
@@ -137,6 +145,12 @@ class KafkaBeatConfig:
             return SETTINGS[key] if value is None else value
 
         lease_ms = _duration_ms(conf, "kafka_beat_lease", minimum_ms=50)
+        if lease_ms > MAX_LEASE_MS:
+            raise ConfigError(
+                f"kafka_beat_lease={lease_ms / 1000:g} s is longer than {MAX_LEASE_MS / 1000:g} s, the longest lease "
+                "the protocol accepts (a replica that finds the schedule state deleted waits that long before it "
+                "starts afresh): use a shorter lease"
+            )
         heartbeat_ms = (
             _duration_ms(conf, "kafka_beat_heartbeat", minimum_ms=1)
             if conf.get("kafka_beat_heartbeat") is not None
@@ -162,6 +176,8 @@ class KafkaBeatConfig:
             replication_factor=_optional_int(conf, "kafka_beat_topic_replication_factor"),
             min_insync_replicas=_optional_int(conf, "kafka_beat_topic_min_insync_replicas"),
             create_topic=_bool(get("kafka_beat_create_topic"), "kafka_beat_create_topic"),
+            probation_ms=_duration_ms(conf, "kafka_beat_probation", minimum_ms=0),
+            clock_hold_ms=_duration_ms(conf, "kafka_beat_clock_step_hold", minimum_ms=0),
         )
         try:
             config.node_settings().validate()
@@ -178,6 +194,8 @@ class KafkaBeatConfig:
             catchup=self.catchup,
             catchup_window_ms=self.catchup_window_ms,
             delivery=self.delivery,
+            probation_ms=self.probation_ms,
+            clock_hold_ms=self.clock_hold_ms,
         )
 
     def describe(self) -> list[tuple[str, str]]:

@@ -49,7 +49,7 @@ HEADER_EPOCH: Final = "ckb_epoch"
 #: uuid5 namespace of tick task ids (a fixed random uuid: ids never collide with uuid4 ids).
 _TASK_ID_NAMESPACE: Final = uuid.UUID("8d0b6c4e-3c1f-4f49-9d62-5b8a1f0e2a77")
 # Why 1 s: the longest tick() waits for a due tick before returning to beat's loop, which then notices a
-# shutdown, refreshes its liveness stamp and checks the node's health.
+# shutdown and checks the node's health.
 _WAIT_S: Final = 1.0
 # Why 1 s: pause between publish attempts of a tick that failed to publish (at-least-once mode).
 _RETRY_S: Final = 1.0
@@ -75,6 +75,34 @@ def tick_task_id(topic: str, entry: str, tick_ms: int) -> str:
 def tick_iso(tick_ms: int) -> str:
     """A tick as ISO 8601 UTC with milliseconds, e.g. ``2026-11-29T03:00:00.000+00:00``."""
     return datetime.fromtimestamp(tick_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+class _Fenced(Exception):
+    """The node lost the entry while the tick's message was being built: it must not go out."""
+
+
+class _FencedProducer:
+    """Celery's producer, with one more check right before the tick's message is sent: the last fencing check.
+
+    Everything Celery runs before it sends (lazy beat arguments, a task class's own ``apply_async``, routers,
+    ``before_task_publish`` handlers) may take long; the lease is checked again after all of it. Only the first
+    ``publish`` is the task message: a ``task-sent`` event that Celery sends through the same producer after it
+    passes unchecked (the task is out by then)."""
+
+    def __init__(self, producer: Any, may_publish: Any) -> None:
+        self._producer = producer
+        self._may_publish = may_publish
+        self._checked = False
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._checked:
+            self._checked = True
+            if not self._may_publish():
+                raise _Fenced
+        return self._producer.publish(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
 
 
 class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
@@ -236,14 +264,28 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
             node.abort(tick)
             return False
         try:
-            producer = self.producer  # connects (and retries) before the last ownership check
-            if not node.may_publish(tick):
-                node.abort(tick)
-                return False
+            producer = _FencedProducer(self.producer, lambda: node.may_publish(tick))  # connects (and retries)
             result = self._send(entry, tick, producer)
+        except _Fenced:
+            log.warning(
+                "KafkaScheduler: tick %s of %s not published: this node lost the entry while the message was being "
+                "prepared",
+                tick_iso(tick.tick),
+                tick.entry,
+            )
+            node.abort(tick)
+            return False
         except Exception as exc:
             self._reset_connection()
-            if self.config.delivery is DeliveryMode.AT_LEAST_ONCE:
+            if self.config.delivery is DeliveryMode.AT_LEAST_ONCE and self._closed:
+                log.error(
+                    "KafkaScheduler: publishing %s tick %s failed (%s) while stopping; the next owner publishes it",
+                    tick.entry,
+                    tick_iso(tick.tick),
+                    exc,
+                )
+                node.abort(tick)
+            elif self.config.delivery is DeliveryMode.AT_LEAST_ONCE:
                 log.error(
                     "KafkaScheduler: publishing %s tick %s failed (%s); retrying in %g s while this node owns it",
                     tick.entry,
@@ -341,6 +383,12 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
         node = self._node
         if not self._closed and node is not None and os.getpid() == self._pid:
             self._closed = True
+            # Ticks waiting to be published again (the Celery broker refused them) are left to the next owner (it
+            # publishes them again in at-least-once mode): the goodbye waits for every tick handed out, and these
+            # would hold it back for the whole stop timeout, then leave the entries to lapse with the lease.
+            for _, tick in self._retry:
+                node.abort(tick)
+            self._retry.clear()
             self._flush_confirmations(node, now=True)
             node.stop(_STOP_TIMEOUT_S, wait=False)
             deadline = time.monotonic() + _STOP_TIMEOUT_S + 1.0
@@ -351,7 +399,7 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
                     continue
                 if item is not None:
                     self._publish(node, item)
-            for _, tick in self._retry:
+            for _, tick in self._retry:  # a publish that failed during the stop
                 node.abort(tick)
             self._retry.clear()
             clean = node.join(1.0)

@@ -14,9 +14,10 @@ Per group and entry, the rules are:
   of the nodes that sent them, or the brokers, between 1 s before the tick and lease + 1 s after the fault's end:
   the re-send of a tick whose confirmation did not make it into the log. Task ids are derived from the tick, so a
   split brain would also send one id twice; the fault is what tells a re-send from it.
-* **Missing ticks, with the sync log** (``sync-<group>.jsonl``: the harness reads every claim and decide record
-  of the group's topic with its broker time). Only valid decisions count: one that lands after a later claim of
-  its entry was granted (a cut-off or paused owner's late write, which the protocol ignores) decided nothing.
+* **Missing ticks, with the sync log** (``sync-<group>.jsonl``: the harness reads every record of the group's
+  topic with its broker time). Only valid decisions count: one that lands after its session ended (goodbye, a vote
+  naming its latest record, a genesis) or after a later claim of its entry was granted (a cut-off or paused owner's
+  late write, which the protocol ignores) decided nothing.
   A tick never decided is allowed by catch-up 'once' when the entry's
   next decided tick was decided more than the grace after it: the owner then found it overdue past the grace and,
   as 'once' says, decided only the latest tick due. A tick decided but never published is allowed in at-most-once
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from celery_kafka_beat.protocol.node import CatchUp, DeliveryMode
+from celery_kafka_beat.protocol.state import MAX_LEASE_MS
 
 UNCLEAN_KINDS: Final = frozenset({"kill", "stop", "partition", "broker"})
 # Faults that stop or cut off one replica, so its entries must move (or wait for it).
@@ -69,6 +71,8 @@ AMO_BEFORE_MS: Final = 1000
 AMO_AFTER_MS: Final = 1000
 # Why lease + 2 s: ownership has settled and the new owner has caught up by then; later ticks are "quiet" again.
 QUIET_AFTER_MS: Final = 2000
+# A genesis must follow a quiet stretch this long (the protocol's: the longest lease and a tenth).
+GENESIS_QUIET_MS: Final = MAX_LEASE_MS + MAX_LEASE_MS // 10
 # How many example ticks a violation message names.
 _EXAMPLES: Final = 5
 
@@ -339,48 +343,64 @@ class _Decisions:
 
 
 def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
-    """Valid decisions only. A decide record that lands after its session's lease ran out (in log time), or whose
-    epoch was already superseded, is a zombie's (its writer was cut off or paused; the protocol ignores it) and
-    decided nothing. Epochs are claim offsets, so epoch ``e`` of an entry is superseded at offset ``o`` when a
-    later claim ``c`` (``e < c < o``) of the entry was granted, which shows as decisions with epoch ``c``."""
+    """Valid decisions only. A decide record of a session that had ended (said goodbye, or was voted out by an
+    ``expire`` naming its latest record, or ended by a genesis), or whose epoch was already superseded, is a
+    zombie's (its writer was cut off or paused; the protocol ignores it) and decided nothing. Epochs are claim
+    offsets, so epoch ``e`` of an entry is superseded at offset ``o`` when a later claim ``c`` (``e < c < o``) of
+    the entry was granted, which shows as decisions with epoch ``c``. (Sessions end as the protocol folds them,
+    written here again from its rules, not from its code: docs/protocol.md.)"""
     if not path.exists():
         return None
     nodes: dict[str, str] = {}
     items: list[tuple[str, int, int, int, str]] = []  # entry, tick, epoch, broker time, node; in log order
     offsets: list[int] = []
     gaps = dead = 0
-    # Sessions as the protocol folds them: a record of a live session renews its lease to the log time (the largest
-    # broker time so far); past renewed + lease, or after a goodbye, the session is over and its records count for
-    # nothing. (A hello without a lease, from an older harness, never expires.)
-    renewed: dict[str, int] = {}  # live sessions
-    leases: dict[str, int | None] = {}
+    live: dict[str, int] = {}  # session -> offset of its latest record
+    ended: set[str] = set()
+    quiet: tuple[int, int] | None = None  # (offset, broker time) of the first record after the latest busy one
     log_time = 0
     for lineno, obj in _read_jsonl(path, violations):
         try:
             if "gap" in obj:
                 gaps += 1
+                quiet = None  # records deleted unread: whatever they were
                 continue
-            log_time = max(log_time, _get(obj, "t", int))
-            for sid in [
-                sid for sid, at in renewed.items() if (lease := leases[sid]) is not None and at + lease < log_time
-            ]:
-                del renewed[sid]
-            kind, session = obj.get("k"), _get(obj, "s", str)
+            offset, at, kind = _get(obj, "o", int), _get(obj, "t", int), obj.get("k")
+            log_time = max(log_time, at)
+            busy = kind is not None and kind != "genesis" and not (kind == "wait" and not obj.get("mark"))
+            if not busy:
+                if kind == "genesis" and quiet is not None and _get(obj, "from", int) == quiet[0]:
+                    long_enough = min(_get(obj, "el", int), at - quiet[1]) >= GENESIS_QUIET_MS
+                    if long_enough:
+                        ended.update(live)
+                        live.clear()
+                        quiet = None
+                        continue
+                quiet = quiet or (offset, at)
+                continue
+            quiet = None
+            session = _get(obj, "s", str)
             if kind == "hello":
-                if session not in nodes:
+                lease = obj.get("lease")
+                fresh = session not in live and session not in ended
+                if fresh and (not isinstance(lease, int) or lease <= MAX_LEASE_MS):
                     nodes[session] = _get(obj, "node", str)
-                    given = obj.get("lease")
-                    leases[session] = given if isinstance(given, int) else None
-                    renewed[session] = log_time
+                    live[session] = offset
                 continue
-            if session not in renewed:
+            if session not in live:
                 dead += kind == "decide"
                 continue
-            renewed[session] = log_time
+            live[session] = offset
             if kind == "goodbye":
-                del renewed[session]
+                del live[session]
+                ended.add(session)
+            elif kind == "expire":
+                for target, last in _get(obj, "i", list):
+                    if target != session and live.get(str(target)) == last:
+                        del live[str(target)]
+                        ended.add(str(target))
             elif kind == "decide":
-                offset, node = _get(obj, "o", int), nodes[session]
+                node = nodes[session]
                 for entry, epoch, tick in _get(obj, "i", list):
                     items.append((str(entry), int(tick), int(epoch), log_time, node))
                     offsets.append(offset)

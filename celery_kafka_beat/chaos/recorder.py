@@ -134,7 +134,8 @@ class SyncLog:
     """Tails a group's sync topic from its start (straight to the brokers, past the proxies) and logs, as JSON
     lines (``sync-<group>.jsonl``), what the checker needs to judge a missing tick exactly: every record's offset,
     broker time (LogAppendTime), session and kind (a record renews its session's lease), and for a hello its node
-    and lease, for a claim its entries, for a decide its items. A jump in offsets (records
+    and lease, for a claim its entries, for a decide and an expire vote its items, for a wait whether it is a mark,
+    for a genesis its stretch; an undecodable record as kind null. A jump in offsets (records
     deleted by the snapshot cleaner before they were read) is logged as ``{"gap": [from, to]}``."""
 
     def __init__(self, bootstrap: str, topic: str, path: Path) -> None:
@@ -184,15 +185,22 @@ class SyncLog:
         try:
             record = wire.decode(value)
         except wire.WireError:
+            self._write({"o": offset, "t": ts, "k": None})  # unusable: only its place in a quiet stretch counts
             return
         line: dict[str, Any] = {"o": offset, "t": ts, "s": record.session, "k": type(record).__name__.lower()}
         match record:
             case wire.Hello():
-                line |= {"node": record.node, "lease": record.lease_ms}
+                line |= {"node": record.node, "lease": record.lease_ms, "v": record.version}
             case wire.Claim():
                 line |= {"e": list(record.entries)}
             case wire.Decide():
                 line |= {"i": [[i.entry, i.epoch, i.tick] for i in record.items], "a": record.ack}
+            case wire.Expire():
+                line |= {"i": [list(item) for item in record.items]}
+            case wire.Wait():
+                line |= {"mark": record.mark}
+            case wire.Genesis():
+                line |= {"from": record.start, "el": record.elapsed_ms}
         self._write(line)
 
     def _write(self, line: dict[str, Any]) -> None:

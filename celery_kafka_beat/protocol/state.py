@@ -15,6 +15,8 @@ Rules (see ``docs/protocol.md`` for the reasoning):
 * Any record of a live session renews it (it becomes the session's latest record).
 * A session is a **candidate** for entries (see ``assignment.py``) once it wrote ``ready``: it has been live for its
   probation, so a replica that crash-loops or cannot read its own records never takes entries from a healthy owner.
+  A session whose hello lands while no ready session is live is ready at once (a cluster starting: nobody to
+  protect, and no second round of moves when the others' probations end).
 * A claim is granted per entry if its session is live, its catalog names the entry, and nobody owns the entry.
   The claim's offset is the claim's **epoch**: the fencing token that decisions and releases must quote.
 * A decision is valid per tick if its session is live, owns the entry under the quoted epoch, and the tick is later
@@ -175,6 +177,8 @@ class ClusterState:
     foreign: set[str] = field(default_factory=set)
     """Names of the owned entries with an unconfirmed tick decided by another session than the owner's: the ticks
     the owner publishes again (at-least-once). Kept so that nobody scans every entry for them."""
+    ready_live: int = 0
+    """How many live sessions are ready."""
     _partial_chars: int = 0
 
     # -- folding -----------------------------------------------------------------------------------------------
@@ -216,6 +220,7 @@ class ClusterState:
             case wire.Ready():
                 if not session.ready:
                     session.ready = True
+                    self.ready_live += 1
                     self.membership += 1
                 return VALID
             case wire.Expire():
@@ -284,6 +289,7 @@ class ClusterState:
 
     def _end(self, sid: str) -> None:
         gone = self.sessions.pop(sid)
+        self.ready_live -= gone.ready
         self.ended[sid] = self.log_time
         if len(self.ended) > MAX_ENDED:
             del self.ended[next(iter(self.ended))]
@@ -302,6 +308,7 @@ class ClusterState:
             return INVALID
         if record.lease_ms > self.rules.max_lease_ms:
             return INVALID  # a lease longer than a genesis waits for could outlive the state it is part of
+        founder = self.ready_live == 0 and record.version == wire.PROTOCOL_VERSION
         self.sessions[record.session] = SessionState(
             session=record.session,
             node=record.node,
@@ -309,8 +316,10 @@ class ClusterState:
             catalog=record.catalog,
             last=offset,
             started=offset,
+            ready=founder,
             version=record.version,
         )
+        self.ready_live += founder
         self.loose.pop(record.catalog, None)
         self.membership += 1
         return VALID
@@ -396,7 +405,7 @@ class ClusterState:
         self.floor = max(timestamp, min(record.floor, timestamp + MAX_FLOOR_AHEAD_MS))
         self.log_time = timestamp  # what a node that folds from ``start`` on knows too
         self.quiet_from = None
-        self.sessions, self.ended, self.entries = {}, {}, {}
+        self.sessions, self.ended, self.entries, self.ready_live = {}, {}, {}, 0
         self.catalogs, self.loose, self.partial_catalogs, self._partial_chars = {}, {}, {}, 0
         self.owned, self.foreign = {}, set()
         self.membership, self.freed, self.granted = self.membership + 1, self.freed + 1, self.granted + 1
@@ -553,6 +562,7 @@ def _from_json(cls: type[ClusterState], data: str, rules: FoldRules) -> ClusterS
             ready,
             _req_int(version, "version"),
         )
+        state.ready_live += ready
     for sid, t in _rows(body["ended"], "ended", 2):
         state.ended[_req_str(sid, "ended session")] = _req_int(t, "ended time")
     for row in _rows(body["entries"], "entries", 10):

@@ -47,8 +47,14 @@ from celery_kafka_beat.protocol import (
     Note,
     Schedule,
     Truncate,
+    Waiter,
 )
-from celery_kafka_beat.runtime.topic import MAX_MESSAGE_BYTES, TopicConfigError, ensure_topic
+from celery_kafka_beat.runtime.topic import (
+    MAX_MESSAGE_BYTES,
+    TopicConfigError,
+    access_error,
+    ensure_topic,
+)
 
 __all__ = [
     "DispatchCallback",
@@ -78,9 +84,15 @@ _ERROR_LOG_INTERVAL_S: Final = 10.0
 _READ_TIMEOUT_S: Final = 30.0
 # Why 5 s: the longest stop() waits for the producer to deliver the last records (goodbye, acks).
 _FLUSH_S: Final = 5.0
+# Why 1 KiB: a record's size on the wire besides its value (key, headers, batch framing), with room to spare.
+_RECORD_OVERHEAD: Final = 1024
+# Why 1 h: after Kafka denied DeleteRecords (a missing ACL), how long before trying (and logging) again; the topic
+# grows meanwhile, but retrying every snapshot would only repeat the error.
+_DELETE_DENIED_RETRY_S: Final = 3600.0
 
 _LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _OFFSET_RESET_CODES: Final = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+_TOO_LARGE_CODES: Final = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 #: Linux's CLOCK_BOOTTIME is monotonic and, unlike CLOCK_MONOTONIC, keeps counting while the machine is suspended:
@@ -121,6 +133,8 @@ class NodeStatus:
     """The last offset folded into the node's state (-1 before the first)."""
     running: bool
     error: str | None
+    waiting: bool = False
+    """Waiting for a snapshot: records that no snapshot covers were deleted (see Bootstrap)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +153,30 @@ class _Stopped(Exception):
 
 
 class _WireLog:
-    """Logs each distinct reason for an undecodable record once."""
+    """Logs each kind of undecodable record once (with the first one's details), and counts them all."""
 
     def __init__(self) -> None:
-        self._seen: set[str] = set()
+        self.skipped: dict[str, int] = {}
+        """Undecodable records skipped, by kind of problem (``WireError.code``)."""
 
     def decode(self, offset: int, value: bytes | None) -> wire.Record | None:
         try:
             return wire.decode(value)
         except wire.WireError as exc:
-            reason = f"{type(exc).__name__}: {exc}"[:200]
-            if reason not in self._seen and len(self._seen) < 1000:
-                self._seen.add(reason)
+            code = exc.code
+            seen = self.skipped.get(code)
+            if seen is None and len(self.skipped) >= 1000:
+                code = "other"
+                seen = self.skipped.get(code)
+            self.skipped[code] = (seen or 0) + 1
+            if seen is None:
                 log.warning(
-                    "skipping undecodable record at offset %d (%s); further ones like it are not logged", offset, reason
+                    "skipping a record the sync topic holds at offset %d that this node cannot use (%s: %s); further "
+                    "records with this problem (%s) are skipped without a log line",
+                    offset,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    code,
                 )
             return None
 
@@ -202,6 +226,9 @@ def _consumer_config(base: Mapping[str, Any], group: str) -> dict[str, Any]:
             "fetch.wait.max.ms": 10,
             "fetch.min.bytes": 1,
             "enable.partition.eof": False,
+            # Nothing of ours is written in a transaction: an open transaction of some other producer on the topic
+            # must not hold every reader (and with it every lease) until it times out.
+            "isolation.level": "read_uncommitted",
         }
     )
     return conf
@@ -297,12 +324,19 @@ def read_topic(
 def read_cluster_state(
     bootstrap_servers: str, topic: str, config: Mapping[str, Any] | None = None, timeout: float = _READ_TIMEOUT_S
 ) -> ClusterState:
-    """Rebuild the cluster state from the topic the way a starting node does (latest snapshot plus the rest)."""
+    """Rebuild the cluster state from the topic the way a starting node does (latest snapshot plus the rest);
+    raise ``ValueError`` if it cannot be known (records that no snapshot covers were deleted)."""
     low, records = read_topic(bootstrap_servers, topic, config, timeout)
     boot = Bootstrap(low)
     for r in records:
         boot.feed(r.offset, r.timestamp, r.record)
-    return boot.finish()
+    state = boot.finish()
+    if state is None:
+        raise ValueError(
+            f"the sync topic {topic!r} starts at offset {low} and no usable snapshot covers the records before it"
+            + (f" ({'; '.join(boot.rejected)})" if boot.rejected else "")
+        )
+    return state
 
 
 class KafkaNode:
@@ -361,6 +395,10 @@ class KafkaNode:
         self._producer: Producer | None = None
         self._admin: AdminClient | None = None
         self._producer_fatal = False
+        self._waiter: Waiter | None = None
+        self._fatal: BaseException | None = None  # set by a callback: what retrying cannot fix (a missing ACL)
+        self._record_budget = settings.max_record_bytes
+        self._delete_denied_at: float | None = None
         self.truncations = 0
         """How many DeleteRecords calls succeeded (for tests and metrics)."""
         self.dispatch_failures = 0
@@ -416,7 +454,8 @@ class KafkaNode:
             running = thread is not None and thread.is_alive()
             error = None if self._error is None else f"{type(self._error).__name__}: {self._error}"
             if core is None:
-                return NodeStatus(self.node, None, False, frozenset(), -1, running, error)
+                waiting = self._waiter is not None
+                return NodeStatus(self.node, None, False, frozenset(), -1, running, error, waiting)
             session = core.session
             owned = frozenset(core.state.owned.get(session, ())) if session is not None and core.live else frozenset()
             return NodeStatus(self.node, session, core.live, owned, core.state.offset, running, error)
@@ -467,7 +506,7 @@ class KafkaNode:
             core = self._core
             if core is None:
                 return
-            core.on_dispatched(tick.entry, tick.tick)
+            core.on_dispatched(tick.entry, tick.tick, tick.session)
             if flush:
                 self._execute(core, core.flush_acks(self._clock()))
 
@@ -530,13 +569,16 @@ class KafkaNode:
         assert self._admin is not None
         while True:
             try:
-                ensure_topic(
+                info = ensure_topic(
                     self._admin,
                     self.topic,
                     self._replication_factor,
                     create=self._create_topic,
                     min_insync_replicas=self._min_isr,
                 )
+                limit = info.config.get("max.message.bytes", "")
+                topic_limit = int(limit) if limit.isdigit() else MAX_MESSAGE_BYTES
+                self._record_budget = max(4096, min(topic_limit, MAX_MESSAGE_BYTES) - _RECORD_OVERHEAD)
                 return
             except KafkaException as exc:
                 log.warning("node %s: cannot check the sync topic yet (%s); retrying", self.node, exc)
@@ -556,6 +598,9 @@ class KafkaNode:
             self._errors("producer", err)
 
     def _on_consumer_error(self, err: KafkaError) -> None:
+        denied = access_error(self.topic, "read", err)
+        if denied is not None:
+            self._fatal = self._fatal or denied
         self._errors("consumer", err)
 
     def _close_producer(self, *, flush: bool) -> None:
@@ -596,17 +641,19 @@ class KafkaNode:
                 if self._stop_requested.wait(_RETRY_S):
                     raise _Stopped from None
                 return
-            try:
-                state = boots[-1].finish()
-            except ValueError as exc:
-                raise TopicConfigError(
-                    f"cannot rebuild the schedule state from sync topic {self.topic!r}: {exc}"
-                ) from exc
-            log.info("node %s: read the sync topic from offset %d to %d", self.node, low, high)
+            boot = boots[-1]
+            state = boot.finish()
+            leftover: list[Message] = []
+            if state is None:
+                state, leftover = self._wait_for_state(boot, low, consumer)
+            log.info("node %s: read the sync topic from offset %d to %d", self.node, low, max(high, state.offset + 1))
             core = NodeCore(self.settings, self.entries, self._schedule, self._new_session_id, state)
+            core.record_budget = self._record_budget
             with self._lock:
-                self._core = core
+                self._core, self._waiter = core, None
                 self._execute(core, core.start(self._clock()))
+                for msg in leftover:
+                    self._on_message(core, msg)
             try:
                 self._live_loop(core, consumer)
             except _Rebootstrap:
@@ -616,6 +663,48 @@ class KafkaNode:
         finally:
             with contextlib.suppress(Exception):
                 consumer.close()
+
+    def _wait_for_state(self, boot: Bootstrap, low: int, consumer: Consumer) -> tuple[ClusterState, list[Message]]:
+        """Records that no snapshot covers were deleted: ask for a snapshot (``wait`` records) and keep reading
+        until one (or a genesis) arrives; return the state and the records read after it."""
+        why = "; ".join(boot.rejected[-3:])
+        waiter = Waiter(uuid.uuid4().hex, low, self.settings.lease_ms, why=why)
+        with self._lock:
+            self._waiter = waiter
+            self._execute(None, waiter.start(self._clock()))
+        while True:
+            if self._stopping():
+                raise _Stopped
+            self._check_fatal()
+            now = self._clock()
+            wait_ms = min(max(waiter.next_wakeup(now) - now, 0), _MAX_WAIT_MS)
+            msg = consumer.poll(wait_ms / 1000)
+            batch = [] if msg is None else [msg, *consumer.consume(max(1, self.settings.max_batch), 0)]
+            with self._lock:
+                for i, m in enumerate(batch):
+                    err = m.error()
+                    if err is not None:
+                        if err.code() in _OFFSET_RESET_CODES:
+                            raise _Rebootstrap(f"records were deleted while waiting for a snapshot: {err}")
+                        self._on_consumer_error(err)
+                        continue
+                    offset = _offset(m)
+                    timestamp = _timestamp(m, self.topic)
+                    record = self._wirelog.decode(offset, m.value())
+                    complete = boot.feed(offset, timestamp, record)
+                    waiter.on_record(offset, timestamp, record, self._clock())
+                    if complete and (state := boot.finish()) is not None:
+                        log.warning("node %s: rebuilt the schedule state at offset %d", self.node, offset)
+                        return state, batch[i + 1 :]
+                self._execute(None, waiter.on_timer(self._clock()))
+            producer = self._producer
+            if producer is not None:
+                producer.poll(0)
+
+    def _check_fatal(self) -> None:
+        fatal = self._fatal
+        if fatal is not None:
+            raise fatal
 
     def _live_loop(self, core: NodeCore, consumer: Consumer) -> None:
         stop_sent = False
@@ -630,6 +719,7 @@ class KafkaNode:
                     self._execute(core, core.stop(now))
             if stop_sent and (core.stopped or time.monotonic() >= self._stop_deadline):
                 return
+            self._check_fatal()
             wait_ms = min(max(core.next_wakeup(now) - now, 0), _MAX_WAIT_MS)
             msg = consumer.poll(wait_ms / 1000)
             batch = [] if msg is None else [msg, *consumer.consume(max_batch, 0)]
@@ -651,7 +741,7 @@ class KafkaNode:
         if err is not None:
             if err.code() in _OFFSET_RESET_CODES:
                 raise _Rebootstrap(f"records were deleted past this node's position: {err}")
-            self._errors("consumer", err)
+            self._on_consumer_error(err)
             return
         offset = _offset(msg)
         if offset <= core.state.offset:
@@ -662,12 +752,13 @@ class KafkaNode:
 
     # -- actions ------------------------------------------------------------------------------------------------
 
-    def _execute(self, core: NodeCore, actions: list[Action]) -> None:
+    def _execute(self, core: NodeCore | None, actions: list[Action]) -> None:
         for action in actions:
             match action:
                 case Append(record):
                     self._produce(record)
                 case Dispatch():
+                    assert core is not None  # only a core dispatches
                     try:
                         self._dispatch(action)
                     except Exception:
@@ -699,18 +790,53 @@ class KafkaNode:
             except BufferError:
                 producer.poll(0.01)  # local queue full: let deliveries drain
             except KafkaException as exc:
+                self._too_large(exc, len(value))
                 log.warning("node %s: cannot append a %s record: %s", self.node, type(record).__name__, exc)
                 return
         log.warning("node %s: producer queue stayed full; dropped a %s record", self.node, type(record).__name__)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._errors("delivery", err)
+        if err is None:
+            return
+        denied = access_error(self.topic, "write", err)
+        if denied is not None:
+            self._fatal = self._fatal or denied
+        self._too_large(err, len(msg.value() or b""))
+        self._errors("delivery", err)
+
+    def _too_large(self, err: KafkaError | KafkaException, size: int) -> None:
+        """A record the topic refused as too large: write smaller ones from now on (retrying the same one never
+        succeeds), and say which setting is in the way."""
+        error = err if isinstance(err, KafkaError) else (err.args[0] if err.args else None)
+        if not isinstance(error, KafkaError) or error.code() not in _TOO_LARGE_CODES:
+            return
+        budget = max(4096, min(self._record_budget, size) // 2)
+        log.error(
+            "node %s: Kafka refused a record of %d bytes on sync topic %r as too large (%s): writing records of at "
+            "most %d bytes from now on. The topic's max.message.bytes (and the brokers' message.max.bytes) should "
+            "be at least %d (kafka-configs.sh --alter --entity-type topics --entity-name %s --add-config "
+            "max.message.bytes=%d)",
+            self.node,
+            size,
+            self.topic,
+            error.name(),
+            budget,
+            MAX_MESSAGE_BYTES,
+            self.topic,
+            MAX_MESSAGE_BYTES,
+        )
+        self._record_budget = budget
+        core = self._core
+        if core is not None:
+            core.record_budget = budget
 
     def _truncate(self, before: int) -> None:
         admin = self._admin
         if admin is None:
             return
+        denied_at = self._delete_denied_at
+        if denied_at is not None and time.monotonic() - denied_at < _DELETE_DENIED_RETRY_S:
+            return  # said loudly already; the topic grows until the permission is granted
         try:
             futures = admin.delete_records([TopicPartition(self.topic, 0, before)], operation_timeout=10.0)
         except (KafkaException, ValueError, TypeError) as exc:
@@ -719,7 +845,17 @@ class KafkaNode:
 
         def done(future: Future[Any]) -> None:
             exc = future.exception()
-            if exc is not None:
+            denied = None if exc is None else access_error(self.topic, "delete", exc)
+            if denied is not None:
+                self._delete_denied_at = time.monotonic()
+                log.error(
+                    "node %s: cannot delete the records snapshots cover: %s. Until then the topic grows without "
+                    "bound and every starting replica reads all of it; trying again in %g minutes",
+                    self.node,
+                    denied,
+                    _DELETE_DENIED_RETRY_S / 60,
+                )
+            elif exc is not None:
                 log.warning("node %s: deleting records before offset %d failed: %s", self.node, before, exc)
             else:
                 self.truncations += 1

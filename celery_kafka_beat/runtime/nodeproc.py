@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--delivery", choices=[m.value for m in DeliveryMode], default=DeliveryMode.AT_MOST_ONCE.value)
     p.add_argument("--catchup", choices=[c.value for c in CatchUp], default=CatchUp.ONCE.value)
     p.add_argument("--snapshot-records", type=int, default=None)
+    p.add_argument("--probation-ms", type=int, default=None, help="how long a new session waits before taking entries")
     p.add_argument("--status-file", type=Path, default=None, help="JSON status, rewritten atomically")
     p.add_argument(
         "--clock-offset-ms",
@@ -88,6 +89,8 @@ def _settings(args: argparse.Namespace) -> NodeSettings:
         settings = dataclasses.replace(settings, decision_lead_ms=args.decision_lead_ms)
     if args.snapshot_records is not None:
         settings = dataclasses.replace(settings, snapshot_records=args.snapshot_records)
+    if args.probation_ms is not None:
+        settings = dataclasses.replace(settings, probation_ms=args.probation_ms)
     return settings
 
 

@@ -20,10 +20,13 @@ from confluent_kafka.admin._config import ConfigResource  # public as confluent_
 from confluent_kafka.cimpl import NewTopic
 
 __all__ = [
+    "AUTHORIZATION_ERRORS",
     "MAX_MESSAGE_BYTES",
     "TOPIC_CONFIG",
+    "KafkaAccessError",
     "TopicConfigError",
     "TopicInfo",
+    "access_error",
     "ensure_topic",
     "topic_config",
 ]
@@ -52,6 +55,58 @@ _RETRY_S: Final = 0.1
 
 class TopicConfigError(RuntimeError):
     """The sync topic exists but is configured in a way that would lose or corrupt the schedule state."""
+
+
+class KafkaAccessError(TopicConfigError):
+    """Kafka refused an operation for lack of a permission (an ACL): retrying cannot fix it, so it is not retried."""
+
+
+#: Error codes that mean "not allowed": the principal lacks an ACL. Retrying never helps.
+AUTHORIZATION_ERRORS: Final = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED,
+    }
+)
+
+#: The ACL operation (kafka-acls.sh --operation) each of our operations needs.
+_ACL: Final = {
+    "describe": "Describe",
+    "describe-configs": "DescribeConfigs",
+    "create": "Create",
+    "read": "Read",
+    "write": "Write",
+    "delete": "Delete",
+}
+#: What each operation needs, for the error message (Kafka ACL operation on resource).
+_NEEDS: Final = {
+    "describe": "Describe on the topic",
+    "describe-configs": "DescribeConfigs on the topic",
+    "create": "Create on the cluster (or on the topic), or create the topic by hand",
+    "read": "Read on the topic",
+    "write": "Write on the topic (and IdempotentWrite on the cluster for Kafka before 2.8)",
+    "delete": "Delete on the topic",
+}
+
+
+def _error_of(exc: BaseException) -> KafkaError | None:
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def access_error(topic: str, operation: str, err: KafkaError | BaseException) -> KafkaAccessError | None:
+    """A :class:`KafkaAccessError` naming the missing permission if ``err`` is an authorization failure."""
+    error = err if isinstance(err, KafkaError) else _error_of(err)
+    if error is None or error.code() not in AUTHORIZATION_ERRORS:
+        return None
+    return KafkaAccessError(
+        f"Kafka denied {operation} on sync topic {topic!r} ({error.name()}): the principal celery-kafka-beat "
+        f"connects as needs {_NEEDS.get(operation, operation)}. Grant it, e.g. kafka-acls.sh --bootstrap-server "
+        f"<servers> --add --allow-principal User:<name> --operation {_ACL.get(operation, operation)} --topic {topic}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +239,9 @@ def _partitions(admin: AdminClient, topic: str, deadline: float) -> int | None:
             return len(found.partitions)
         if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             return None
+        denied = access_error(topic, "describe", err)
+        if denied is not None:
+            raise denied
         if time.monotonic() >= deadline:
             raise KafkaException(err)
         time.sleep(_RETRY_S)  # e.g. LEADER_NOT_AVAILABLE just after creation
@@ -221,6 +279,11 @@ def _create(
         if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
             log.debug("sync topic %r was created concurrently by another node", topic)
             return False
+        denied = access_error(topic, "create", exc)
+        if denied is not None:
+            raise KafkaAccessError(
+                f"{denied} Or create it by hand: {_create_command(topic, replication_factor, min_insync_replicas)}"
+            ) from None
         raise
     return True
 
@@ -232,6 +295,9 @@ def _describe(admin: AdminClient, topic: str, deadline: float) -> dict[str, str]
         try:
             entries = future.result()
         except KafkaException as exc:
+            denied = access_error(topic, "describe-configs", exc)
+            if denied is not None:
+                raise denied from None
             err = exc.args[0] if exc.args else None
             retriable = isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
             if not retriable or time.monotonic() >= deadline:

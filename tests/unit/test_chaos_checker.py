@@ -179,18 +179,19 @@ def test_with_the_sync_log_a_zombie_decision_decided_nothing(tmp_path: Path) -> 
     assert any("1 decisions landed too late" in note for note in report.notes)
 
 
-def test_with_the_sync_log_a_decision_after_its_session_expired_decided_nothing(tmp_path: Path) -> None:
-    # Given X (lease 3 s) deciding ticks 0-3, its last record at T0 + 2.75 s; its decision of tick 4 lands at
-    # T0 + 7 s (the brokers were away), after its lease ran out; Y then starts and decides ticks 7-10
+def test_with_the_sync_log_a_decision_after_its_session_ended_decided_nothing(tmp_path: Path) -> None:
+    # Given X deciding ticks 0-3, its last record at T0 + 2.75 s; Y starts and votes X out (naming that record);
+    # X's decision of tick 4 lands after the vote (the brokers were away); Y then claims and decides ticks 7-10
     def decide(o: int, at: int, session: str, epoch: int, k: int) -> dict[str, object]:
         return {"o": o, "t": T0 + at, "s": session, "k": "decide", "i": [["e", epoch, T0 + k * 1000]]}
 
     lines: list[dict[str, object]] = [{"o": 0, "t": T0 - 1000, "s": "sx", "k": "hello", "node": X, "lease": 3000}]
     lines += [decide(10 + k, k * 1000 - 250, "sx", 1, k) for k in range(4)]
-    lines.append(decide(14, 7000, "sx", 1, 4))
-    lines.append({"o": 15, "t": T0 + 7000, "s": "sy", "k": "hello", "node": Y, "lease": 3000})
-    lines.append({"o": 16, "t": T0 + 7010, "s": "sy", "k": "claim", "e": ["e"]})
-    lines += [decide(17 + k, max(7050, k * 1000 - 250), "sy", 16, k) for k in range(7, 11)]
+    lines.append({"o": 14, "t": T0 + 5000, "s": "sy", "k": "hello", "node": Y, "lease": 3000})
+    lines.append({"o": 15, "t": T0 + 6000, "s": "sy", "k": "expire", "i": [["sx", 13]]})
+    lines.append(decide(16, 7000, "sx", 1, 4))
+    lines.append({"o": 17, "t": T0 + 7010, "s": "sy", "k": "claim", "e": ["e"]})
+    lines += [decide(18 + k, max(7050, k * 1000 - 250), "sy", 17, k) for k in range(7, 11)]
     ticks = [tick(k) for k in range(4)] + [tick(k, node=Y, late=60 if k == 7 else 5) for k in range(7, 11)]
     run = make_run(tmp_path, ticks, delivery="at-least-once", catchup="once")
     (run / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -199,6 +200,26 @@ def test_with_the_sync_log_a_decision_after_its_session_expired_decided_nothing(
     assert report.ok, report.violations
     assert report.groups["g"].total.missing_once == 3
     assert any("1 decisions landed too late" in note for note in report.notes)
+
+
+def test_with_the_sync_log_a_vote_naming_an_older_record_ends_nothing(tmp_path: Path) -> None:
+    # Given the same X, but Y's vote names X's third decision, not its latest record (Y had not read the fourth)
+    def decide(o: int, at: int, session: str, epoch: int, k: int) -> dict[str, object]:
+        return {"o": o, "t": T0 + at, "s": session, "k": "decide", "i": [["e", epoch, T0 + k * 1000]]}
+
+    lines: list[dict[str, object]] = [{"o": 0, "t": T0 - 1000, "s": "sx", "k": "hello", "node": X, "lease": 3000}]
+    lines += [decide(10 + k, k * 1000 - 250, "sx", 1, k) for k in range(4)]
+    lines.append({"o": 14, "t": T0 + 3000, "s": "sy", "k": "hello", "node": Y, "lease": 3000})
+    lines.append({"o": 15, "t": T0 + 3100, "s": "sy", "k": "expire", "i": [["sx", 12]]})
+    lines += [decide(16 + k, k * 1000 - 250, "sx", 1, k) for k in range(4, 11)]
+    ticks = [tick(k) for k in range(11)]
+    run = make_run(tmp_path, ticks, delivery="at-least-once", catchup="once")
+    (run / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = check(run)
+    # Then X is still live: all its decisions count, and every tick was decided and published
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_once == 0
+    assert not any("landed too late" in note for note in report.notes)
 
 
 def test_with_the_sync_log_a_decided_tick_never_published_is_at_most_once_only_if_its_decider_failed(

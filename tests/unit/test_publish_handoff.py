@@ -113,7 +113,7 @@ def test_an_entry_is_not_released_while_a_tick_of_it_is_with_the_shell() -> None
     handed = {d.entry: d for d in node.dispatched}  # none reported yet
     assert len(handed) == 16
     other = wire.Hello(session="s2", seq=1, node="n2", lease_ms=3000, catalog=node.core.catalog)
-    node.run([Append(other)])
+    node.run([Append(other), Append(wire.Ready(session="s2", seq=2))])
     node.advance(100)
     released = {name for r in node.log if isinstance(r, wire.Release) for name, _ in r.items}
     assert not released  # every entry has a tick with the shell
@@ -133,7 +133,8 @@ def test_a_claim_given_up_is_never_used_again_even_when_its_release_was_lost() -
     node.advance(200)
     epochs = {name: node.core.state.owner_of(name) for name in node.core.entries}
     node.drop = wire.Release
-    node.run([Append(wire.Hello(session="s2", seq=1, node="n2", lease_ms=3000, catalog=node.core.catalog))])
+    hello = wire.Hello(session="s2", seq=1, node="n2", lease_ms=3000, catalog=node.core.catalog)
+    node.run([Append(hello), Append(wire.Ready(session="s2", seq=2))])
     node.advance(100)
     given_up = {name for name, _ in node.core._released}
     assert given_up  # the newcomer should own some entries; their releases are lost

@@ -83,10 +83,12 @@ def test_a_hello_asking_for_a_lease_longer_than_the_protocol_allows_is_refused()
 def test_a_session_is_a_candidate_only_once_it_said_ready() -> None:
     log = Log()
     log.join(0, "s1")
-    assert not log.state.is_ready("s1")
+    assert log.state.is_ready("s1")  # the first: nobody to protect, ready at once
+    log.join(0, "s2")
+    assert not log.state.is_ready("s2")
     before = log.state.membership
-    log.add(10, wire.Ready(session="s1", seq=log.q()))
-    assert log.state.is_ready("s1")
+    log.add(10, wire.Ready(session="s2", seq=log.q()))
+    assert log.state.is_ready("s2")
     assert log.state.membership != before  # assignment is recomputed
     log.add(11, wire.Ready(session="stranger", seq=1))
     assert not log.outcome.valid
@@ -380,3 +382,17 @@ def test_ended_sessions_are_bounded() -> None:
         log.add(0, wire.Goodbye(session=f"s{i}", seq=2))
     assert len(log.state.ended) == MAX_ENDED
     assert "s0" not in log.state.ended
+
+
+def test_a_hello_while_no_ready_session_is_live_is_ready_at_once() -> None:
+    """A cluster starting (or one whose ready sessions all went away): the first hello is ready at once; with a
+    ready session live, a newcomer waits for its probation."""
+    log = Log()
+    first = log.join(0, "s1")
+    log.join(0, "s2")
+    assert (log.state.is_ready("s1"), log.state.is_ready("s2")) == (True, False)
+    log.add(10, wire.Expire(session="s2", seq=log.q(), items=(("s1", first),)))
+    log.join(20, "s3")
+    assert log.state.is_ready("s3")
+    assert not log.state.is_ready("s2")
+    assert ClusterState.from_json(log.state.to_json()).ready_live == 1
