@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Final
@@ -108,6 +109,9 @@ class _FencedProducer:
 class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
     """Celery beat scheduler whose replicas share entries through one Kafka topic; see the module docstring."""
 
+    node_options: Mapping[str, Any] = {}
+    """Extra keyword arguments for :class:`KafkaNode` (a subclass's hook; the fault-testing harness uses it)."""
+
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self._config: KafkaBeatConfig | None = None
         self._node: KafkaNode | None = None
@@ -154,6 +158,7 @@ class KafkaScheduler(Scheduler):  # type: ignore[misc]  # Celery is untyped
             min_insync_replicas=config.min_insync_replicas,
             create_topic=config.create_topic,
             ack_on_return=False,
+            **self.node_options,
         )
         self._install_signal_handlers()
         self._pid = os.getpid()

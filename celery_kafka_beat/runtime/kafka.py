@@ -349,7 +349,9 @@ class KafkaNode:
     with :meth:`confirm` or :meth:`abort`; a clean stop waits for those reports before its goodbye.
 
     ``config`` is extra librdkafka configuration (security and the like) merged into all three clients; its values
-    are never logged. ``clock`` returns monotonic milliseconds (tests offset it). The topic is created (or
+    are never logged. ``consumer_config`` and ``producer_config`` are merged last into that one client (tests use
+    them to reach the brokers through another listener, e.g. to cut a replica's reads but not its writes).
+    ``clock`` returns monotonic milliseconds (tests offset it). The topic is created (or
     validated) by :func:`~celery_kafka_beat.runtime.topic.ensure_topic` with ``replication_factor`` and
     ``min_insync_replicas``.
     """
@@ -370,6 +372,8 @@ class KafkaNode:
         min_insync_replicas: int | None = None,
         create_topic: bool = True,
         ack_on_return: bool = True,
+        consumer_config: Mapping[str, Any] | None = None,
+        producer_config: Mapping[str, Any] | None = None,
     ) -> None:
         settings.validate()
         self.settings = settings
@@ -384,6 +388,8 @@ class KafkaNode:
         self._min_isr = min_insync_replicas
         self._create_topic = create_topic
         self._ack_on_return = ack_on_return
+        self._consumer_extra = dict(consumer_config or {})
+        self._producer_extra = dict(producer_config or {})
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stop_requested = threading.Event()
@@ -586,7 +592,7 @@ class KafkaNode:
                     raise _Stopped from None
 
     def _producer_conf(self) -> dict[str, Any]:
-        conf = _producer_config(self._base)
+        conf = _producer_config(self._base) | self._producer_extra
         conf["error_cb"] = self._on_producer_error
         return conf
 
@@ -618,7 +624,7 @@ class KafkaNode:
 
     def _run_session(self) -> None:
         """Read the topic, start a session and run it until a stop completes."""
-        conf = _consumer_config(self._base, f"ckb-{self.topic}-{self.node}")
+        conf = _consumer_config(self._base, f"ckb-{self.topic}-{self.node}") | self._consumer_extra
         conf["error_cb"] = self._on_consumer_error
         consumer = Consumer(conf)
         try:
