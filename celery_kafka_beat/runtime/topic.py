@@ -146,7 +146,7 @@ def ensure_topic(
     has more than one partition, ``CreateTime`` timestamps, compaction, or finite ``retention.ms`` /
     ``retention.bytes``. Raises ``KafkaException`` when the cluster does not answer within ``timeout`` seconds.
     """
-    admin = admin_or_conf if isinstance(admin_or_conf, AdminClient) else AdminClient(dict(admin_or_conf))
+    admin = AdminClient(dict(admin_or_conf)) if isinstance(admin_or_conf, Mapping) else admin_or_conf
     deadline = time.monotonic() + timeout
     created = False
     partitions = _partitions(admin, topic, deadline)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,13 +26,6 @@ EVERY_SECOND = {"every": 1, "relative": True}
 # Why 40 s: a replica's start (interpreter, Celery, reading the topic, first lease) takes 2-5 s here, 10+ s on a
 # loaded machine.
 START_TIMEOUT_S = 40.0
-
-
-@pytest.fixture
-def deploy(kafka_bootstrap: str, redis_url: str, topic_name: str, tmp_path: Path) -> Iterator[Deployment]:
-    deployment = Deployment(kafka=kafka_bootstrap, broker=redis_url, topic=topic_name, workdir=tmp_path, schedule={})
-    yield deployment
-    deployment.stop_all()
 
 
 def at_half_second() -> None:
