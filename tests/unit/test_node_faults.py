@@ -24,7 +24,9 @@ from celery_kafka_beat.protocol import (
     NodeSettings,
     Truncate,
 )
+from celery_kafka_beat.protocol import bootstrap as bootstrap_module
 from celery_kafka_beat.protocol import node as node_module
+from celery_kafka_beat.protocol import snapshots as snapshots_module
 from celery_kafka_beat.protocol.schedules import IntervalSchedule
 
 BASE = 1_700_000_000_000
@@ -273,3 +275,30 @@ def test_a_waiter_is_answered_with_a_snapshot_at_once() -> None:
     parts = [(o, r) for o, (_, r) in enumerate(cluster.log) if isinstance(r, wire.SnapshotPart)]
     assert len(parts) > before
     assert parts[-1][1].as_of >= wait_offset
+
+
+def test_stray_snapshot_parts_are_bounded_in_memory() -> None:
+    """Snapshot parts that never complete (a writer died mid-snapshot, or a stray writer) are not kept for ever."""
+    cluster, _ = _healthy_owner()
+    a = cluster.members["a"]
+    boot = Bootstrap(0)
+    for i in range(100):
+        part = wire.SnapshotPart(
+            session=a.core.session or "", seq=10**6 + i, snap_id=f"x{i}", as_of=1, part=0, parts=2, data="{"
+        )
+        cluster.append(part)
+        boot.feed(len(cluster.log) - 1, cluster.now, part)
+    cluster.advance(100)
+    assert len(a.core._snapshots._assembling) <= snapshots_module.MAX_ASSEMBLING
+    assert len(boot._assembling) <= bootstrap_module.MAX_ASSEMBLING
+
+
+def test_re_sends_are_forgotten_once_their_ticks_are_confirmed() -> None:
+    """The memory of ticks re-sent (at-least-once) does not grow for ever."""
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=0, delivery=DeliveryMode.AT_LEAST_ONCE)
+    node = cluster.start("a")
+    cluster.advance(2000)
+    core = node.core
+    core._resent = {(f"gone{i}", i) for i in range(5000)}  # re-sent long ago, confirmed since
+    cluster.advance(500)
+    assert len(core._resent) < 100
