@@ -479,7 +479,9 @@ class Simulation:
 
     def _on_append(self, value: bytes, hostile: bool = False) -> None:
         if self.now < self.broker_stalled_until:
-            self._push(self.broker_stalled_until + self.rng.randint(0, 5), "append", value, hostile)
+            # Held until the stall ends, then appended in the order they arrived: a producer's records keep their
+            # order (idempotent producer), whatever the broker does.
+            self._push(self.broker_stalled_until, "append", value, hostile)
             return
         try:
             record: wire.Record | None = wire.decode(value)

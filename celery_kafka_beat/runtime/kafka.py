@@ -689,15 +689,10 @@ class KafkaNode:
             batch = [] if msg is None else [msg, *consumer.consume(max(1, self.settings.max_batch), 0)]
             with self._lock:
                 for i, m in enumerate(batch):
-                    err = m.error()
-                    if err is not None:
-                        if err.code() in _OFFSET_RESET_CODES:
-                            raise _Rebootstrap(f"records were deleted while waiting for a snapshot: {err}")
-                        self._on_consumer_error(err)
+                    read = self._read(m)
+                    if read is None:
                         continue
-                    offset = _offset(m)
-                    timestamp = _timestamp(m, self.topic)
-                    record = self._wirelog.decode(offset, m.value())
+                    offset, timestamp, record = read
                     complete = boot.feed(offset, timestamp, record)
                     waiter.on_record(offset, timestamp, record, self._clock())
                     if complete and (state := boot.finish()) is not None:
@@ -743,18 +738,23 @@ class KafkaNode:
                 self._close_producer(flush=False)
                 self._producer = Producer(self._producer_conf())
 
-    def _on_message(self, core: NodeCore, msg: Message) -> None:
+    def _read(self, msg: Message) -> tuple[int, int, wire.Record | None] | None:
+        """A consumed message as (offset, broker timestamp, record or None if unusable); None for a consumer error
+        (logged). Records deleted past this node's position raise :class:`_Rebootstrap`."""
         err = msg.error()
         if err is not None:
             if err.code() in _OFFSET_RESET_CODES:
                 raise _Rebootstrap(f"records were deleted past this node's position: {err}")
             self._on_consumer_error(err)
-            return
+            return None
         offset = _offset(msg)
-        if offset <= core.state.offset:
-            return  # already folded (a re-fetch after a reconnect)
-        timestamp = _timestamp(msg, self.topic)
-        record = self._wirelog.decode(offset, msg.value())
+        return offset, _timestamp(msg, self.topic), self._wirelog.decode(offset, msg.value())
+
+    def _on_message(self, core: NodeCore, msg: Message) -> None:
+        read = self._read(msg)
+        if read is None or read[0] <= core.state.offset:
+            return  # an error, or already folded (a re-fetch after a reconnect)
+        offset, timestamp, record = read
         self._execute(core, core.on_record(offset, timestamp, record, self._clock()))
 
     # -- actions ------------------------------------------------------------------------------------------------
