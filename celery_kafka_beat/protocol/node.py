@@ -31,7 +31,7 @@ from celery_kafka_beat.protocol.bootstrap import Bootstrap, Waiter
 from celery_kafka_beat.protocol.clock import BrokerClock
 from celery_kafka_beat.protocol.liveness import Liveness
 from celery_kafka_beat.protocol.planning import CatchUp, DeliveryMode, Schedule, plan_ticks
-from celery_kafka_beat.protocol.sizing import NameSizes, chunk_text, split_items
+from celery_kafka_beat.protocol.sizing import NameSizes, chunk_text, fitting, split_items
 from celery_kafka_beat.protocol.snapshots import Snapshots
 from celery_kafka_beat.protocol.state import DEFAULT_RULES, MAX_LEASE_MS, ClusterState, FoldRules, catalog_digest
 
@@ -138,6 +138,10 @@ class NodeSettings:
             raise ValueError("probation_ms and clock_hold_ms must not be negative, clock_step_ms must be positive")
         if self.max_record_bytes < 4096:
             raise ValueError(f"max_record_bytes={self.max_record_bytes}: must be at least 4096")
+
+
+def _entry_of(item: wire.DecideItem) -> str:
+    return item.entry
 
 
 @dataclass(slots=True)
@@ -811,6 +815,8 @@ class NodeCore:
             assert prev is not None  # a granted claim sets the anchor of an entry that never ran
             ticks, again = plan_ticks(self.schedule, name, prev, broker_now, self.settings)
             if ticks:
+                # One entry's ticks go in one record (see split_items): as many as fit; the rest next time.
+                del ticks[fitting(len(ticks), self._sizes(name), self.record_budget) :]
                 self._deciding[name] = now
                 items.extend(wire.DecideItem(entry=name, epoch=owner[1], tick=t) for t in ticks)
             elif again is not None:
@@ -819,7 +825,7 @@ class NodeCore:
             return []
         self._last_decided_at = now
         ack = self.settings.delivery is DeliveryMode.AT_LEAST_ONCE
-        batches = split_items(items, self._decide_size, self.record_budget, self.settings.max_batch)
+        batches = split_items(items, self._decide_size, self.record_budget, self.settings.max_batch, _entry_of)
         return [self._append(wire.Decide(session=self.session, seq=0, items=tuple(b), ack=ack), now) for b in batches]
 
     def _decide_size(self, item: wire.DecideItem) -> int:

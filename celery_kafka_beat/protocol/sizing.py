@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
-__all__ = ["ENVELOPE_BYTES", "NameSizes", "chunk_text", "split_items"]
+__all__ = ["ENVELOPE_BYTES", "NameSizes", "chunk_text", "fitting", "split_items"]
 
 T = TypeVar("T")
 
@@ -38,23 +38,44 @@ class NameSizes:
         return size
 
 
-def split_items(items: Sequence[T], size_of: Callable[[T], int], budget: int, max_items: int) -> list[list[T]]:
+def split_items(
+    items: Sequence[T],
+    size_of: Callable[[T], int],
+    budget: int,
+    max_items: int,
+    group: Callable[[T], object] | None = None,
+) -> list[list[T]]:
     """Consecutive runs of ``items``, each of at most ``max_items`` items whose sizes add up to at most ``budget``
-    (a single item larger than the budget goes alone: the caller's names are bounded well below any budget)."""
+    (a single item larger than the budget goes alone: the caller's names are bounded well below any budget).
+
+    With ``group``, consecutive items of one group are never split across runs (a group too large for one run goes
+    alone): one entry's ticks must land together, or a lost first record and a later one that lands would skip a
+    tick outside the catch-up policy."""
+    runs: list[list[T]] = []
+    for item in items:
+        if group is not None and runs and runs[-1] and group(runs[-1][-1]) == group(item):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
     batches: list[list[T]] = []
     current: list[T] = []
     used = 0
     room = max(1, budget - ENVELOPE_BYTES)
-    for item in items:
-        size = size_of(item)
-        if current and (used + size > room or len(current) >= max_items):
+    for run in runs:
+        size = sum(size_of(item) for item in run)
+        if current and (used + size > room or len(current) + len(run) > max_items):
             batches.append(current)
             current, used = [], 0
-        current.append(item)
+        current.extend(run)
         used += size
     if current:
         batches.append(current)
     return batches
+
+
+def fitting(count: int, item_size: int, budget: int) -> int:
+    """How many items of ``item_size`` bytes fit in one record (at least one, at most ``count``)."""
+    return max(1, min(count, (budget - ENVELOPE_BYTES) // max(1, item_size)))
 
 
 def chunk_text(data: str, chunk_chars: int, budget: int) -> list[str]:

@@ -28,6 +28,7 @@ from celery_kafka_beat.protocol import bootstrap as bootstrap_module
 from celery_kafka_beat.protocol import node as node_module
 from celery_kafka_beat.protocol import snapshots as snapshots_module
 from celery_kafka_beat.protocol.schedules import IntervalSchedule
+from celery_kafka_beat.protocol.sizing import split_items
 
 BASE = 1_700_000_000_000
 PERIOD = 1000
@@ -302,3 +303,12 @@ def test_re_sends_are_forgotten_once_their_ticks_are_confirmed() -> None:
     core._resent = {(f"gone{i}", i) for i in range(5000)}  # re-sent long ago, confirmed since
     cluster.advance(500)
     assert len(core._resent) < 100
+
+
+def test_one_entrys_ticks_are_never_split_across_records() -> None:
+    """Found by the soak: records split by count put an entry's catch-up ticks in two records; the first was lost,
+    the second landed, and the tick in the first was skipped outside the policy ('all')."""
+    items = [("a", 1), ("b", 1), ("b", 2), ("b", 3), ("c", 1)]
+    batches = split_items(items, lambda i: 10, 10_000, 2, lambda i: i[0])
+    assert batches == [[("a", 1)], [("b", 1), ("b", 2), ("b", 3)], [("c", 1)]]
+    assert split_items(items, lambda i: 10, 10_000, 2) == [items[0:2], items[2:4], items[4:]]
