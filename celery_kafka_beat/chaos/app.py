@@ -2,7 +2,10 @@
 
 ``CKB_CHAOS_BROKER`` (Celery broker URL), ``CKB_CHAOS_KAFKA`` (bootstrap servers: the replica's own proxies),
 ``CKB_CHAOS_TOPIC``, ``CKB_CHAOS_QUEUE``, ``CKB_CHAOS_SCHEDULE`` (JSON ``{entry: {"every": seconds}}``) and
-``CKB_CHAOS_CONF`` (JSON of extra settings).
+``CKB_CHAOS_CONF`` (JSON of extra settings), and ``CKB_CHAOS_CONSUMER_KAFKA``: the bootstrap servers of the
+replica's consumer alone (its other proxies), so that the harness can cut its reads but not its writes. Replicas run
+``celery beat -S celery_kafka_beat.chaos.app:ChaosScheduler``, which passes them on as the consumer's
+``bootstrap.servers`` (:attr:`KafkaScheduler.node_options`).
 
 ``CKB_CHAOS_CLOCK_OFFSET_S`` (test only) moves this process's clocks by that many seconds: ``time.time``,
 ``time.time_ns``, ``time.clock_gettime[_ns]`` (every clock id, the lease clock included: a constant offset changes
@@ -17,10 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from celery import Celery
 from celery.schedules import schedule
+
+from celery_kafka_beat.scheduler import KafkaScheduler
 
 
 def _shift_clocks(offset_s: float) -> None:
@@ -52,3 +59,14 @@ app.conf.beat_schedule = {
     name: {"task": "chaos.tick", "schedule": schedule(timedelta(seconds=spec["every"]))}
     for name, spec in json.loads(os.environ.get("CKB_CHAOS_SCHEDULE", "{}")).items()
 }  # "chaos.tick" is registered nowhere: beat sends it by name, the recorder reads it, nothing runs it
+
+
+def _node_options() -> dict[str, Any]:
+    consumer = os.environ.get("CKB_CHAOS_CONSUMER_KAFKA")
+    return {"consumer_config": {"bootstrap.servers": consumer}} if consumer else {}
+
+
+class ChaosScheduler(KafkaScheduler):
+    """:class:`KafkaScheduler` whose consumer reaches Kafka through its own proxies (``CKB_CHAOS_CONSUMER_KAFKA``)."""
+
+    node_options: Mapping[str, Any] = _node_options()

@@ -2,7 +2,9 @@
 
 Each replica slot reaches every broker only through its own proxies (one per broker, on the ports the broker
 advertises for that slot's listener, see ``KafkaCluster(client_listeners=...)``), so cutting a slot partitions
-exactly that replica from the whole cluster, while it still reaches the Celery broker.
+exactly that replica from the whole cluster, while it still reaches the Celery broker. The harness gives every
+replica two slots, one for its consumer and one for its other clients (producer, admin): cutting both is a
+network partition, cutting the consumer's alone makes a replica that can write but not read.
 
 A cut behaves like a network that drops packets, not like one that refuses them: nothing is closed, bytes
 already on their way are held (in the proxy's stream buffers and the kernel's) and
@@ -54,10 +56,18 @@ class Partitioner:
         self._servers.append(await asyncio.start_server(accept, "127.0.0.1", listen_port, reuse_address=True))
 
     def cut(self, slot: int) -> None:
-        self._loop.call_soon_threadsafe(self._gates[slot].clear)
+        """Close ``slot``'s gate; returns once it is closed (nothing passes it after this returns)."""
+        self._call(self._gate(slot, open_=False))
 
     def heal(self, slot: int) -> None:
-        self._loop.call_soon_threadsafe(self._gates[slot].set)
+        """Open ``slot``'s gate again; returns once it is open."""
+        self._call(self._gate(slot, open_=True))
+
+    async def _gate(self, slot: int, *, open_: bool) -> None:
+        if open_:
+            self._gates[slot].set()
+        else:
+            self._gates[slot].clear()
 
     def close(self) -> None:
         async def shutdown() -> None:
