@@ -10,8 +10,12 @@ process states: real processes are not deterministic.
 
 Fault kinds (see ``KINDS``): SIGKILL and restart, SIGTERM and restart, SIGSTOP longer than the lease, a network
 partition from Kafka (per-replica TCP proxies, :mod:`.proxy`), SIGKILL and restart of a broker (often the leader
-of the sync topic's partition), a restart with the wall clock minutes off, scale up, scale down, and a rolling
-restart of every replica.
+of the sync topic's partition), a restart with the wall clock minutes off, scale up, scale down, a rolling
+restart of every replica, and the faults that issue 12 reproduced against real processes: a burst of poison records
+written straight to the sync topic (:mod:`.poison`), a replica that can write but not read (``deaf``: only its
+consumer's proxies are cut; every replica has separate proxy slots for its consumer and for its other clients), a
+joiner that is SIGKILLed soon after its hello, again and again (``crash-loop``, before its probation ends), and an
+operator's ``DeleteRecords`` of the sync topic at a random offset (``delete-records``).
 
 Everything lands in the run directory: ``run.json``, ``plan.json``, ``faults.jsonl``, ``ticks-<group>.jsonl``
 and ``logs/``; :mod:`.checker` reads it.
@@ -34,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import celery_kafka_beat
@@ -41,6 +46,7 @@ from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.devredis import LocalRedis
 from celery_kafka_beat.protocol.node import NodeSettings
 
+from .poison import poison_values
 from .proxy import Partitioner
 from .recorder import Recorder, SyncLog
 
@@ -49,6 +55,7 @@ __all__ = ["KINDS", "GroupSpec", "Harness", "PlannedFault", "make_plan"]
 log = logging.getLogger(__name__)
 
 PACKAGE_PARENT = Path(celery_kafka_beat.__file__).resolve().parent.parent
+SCHEDULER = "celery_kafka_beat.chaos.app:ChaosScheduler"  # KafkaScheduler, its consumer on its own proxies
 
 #: Fault kinds and their weight in the random part of a plan (every kind also comes once, first, in random order).
 KINDS: dict[str, int] = {
@@ -61,12 +68,23 @@ KINDS: dict[str, int] = {
     "scale-up": 1,
     "scale-down": 1,
     "rolling": 1,
+    "poison": 2,
+    "deaf": 2,
+    "crash-loop": 1,
+    "delete-records": 1,
 }
-MAX_REPLICAS = 5  # per group; also the number of proxy slots per group
+MAX_REPLICAS = 5  # per group; each replica slot has two proxy slots (consumer, other clients)
 MIN_REPLICAS = 2  # scale-down stops here
 INITIAL_REPLICAS = 3
 ROLLING_PAUSE_S = 1.0  # between the steps of a rolling restart (part of the fault, not a synchronisation)
 STOP_TIMEOUT_S = 20.0
+#: crash-loop: an incarnation is SIGKILLed CRASH_AFTER_S after its start, and never before LIVE_MARGIN_S after its
+#: hello was read back (its log says "is live"), so that every incarnation does say hello: far less than the
+#: probation (5 s). If no hello comes within CRASH_LIVE_TIMEOUT_S, it is killed anyway (and the log says so).
+CRASH_AFTER_S = (1.0, 2.0)
+LIVE_MARGIN_S = (0.3, 1.0)
+CRASH_LIVE_TIMEOUT_S = 8.0
+LIVE_LINE = b" is live at offset "
 #: Kafka's default (9 s) keeps a crashed broker in the ISR that long, and acks=all writes (every heartbeat) wait
 #: for it: every lease ends. 4 s is a common low-latency setting; docs/reliability.md says which was used.
 BROKER_SESSION_TIMEOUT_MS = 4000  # a SIGTERMed replica that takes longer is SIGKILLed (and that is reported)
@@ -82,6 +100,7 @@ class GroupSpec:
     entries: dict[str, float]  # entry -> interval in seconds
     lease: float = 3.0
     decision_lead: float = 0.25
+    probation: float = 5.0
 
     def conf(self) -> dict[str, Any]:
         return {
@@ -89,6 +108,7 @@ class GroupSpec:
             "kafka_beat_catchup": self.catchup,
             "kafka_beat_lease": self.lease,
             "kafka_beat_decision_lead": self.decision_lead,
+            "kafka_beat_probation": self.probation,
             "kafka_beat_topic_replication_factor": 3,
             "kafka_beat_topic_min_insync_replicas": 2,
         }
@@ -130,6 +150,8 @@ def make_plan(seed: int, seconds: float, lease: float, kinds: Sequence[str] = tu
             "stop": rng.uniform(1.3, 3.0) * lease,
             "partition": rng.uniform(0.5, 3.0) * lease,
             "broker": rng.uniform(2.0, 10.0),
+            "deaf": rng.uniform(2.0, 6.0) * lease,
+            "crash-loop": rng.uniform(20.0, 40.0),
         }.get(kind, 0.0)
         plan.append(
             PlannedFault(
@@ -175,6 +197,7 @@ class Group:
     recorder: Recorder
     sync: SyncLog
     replicas: dict[int, Replica] = field(default_factory=dict)  # by slot
+    reserved: set[int] = field(default_factory=set)  # slots of crash loops (between incarnations too)
     incarnations: int = 0
 
 
@@ -223,12 +246,11 @@ class Harness:
         for fault in self.plan:
             self.echo(f"  #{fault.n:<4} +{fault.at:7.1f} s  {self._describe(fault)}")
         started = now_ms()
-        slots = len(self.specs) * MAX_REPLICAS
         with (
             LocalRedis() as redis,
             KafkaCluster(
                 3,
-                client_listeners=slots,
+                client_listeners=2 * self._slots,
                 broker_session_timeout_ms=BROKER_SESSION_TIMEOUT_MS,
                 extra_props={"num.network.threads": 1},
             ) as cluster,
@@ -245,7 +267,7 @@ class Harness:
         cluster, partitioner = self._cluster, self._partitioner
         assert cluster is not None
         assert partitioner is not None
-        for k in range(len(self.specs) * MAX_REPLICAS):
+        for k in range(2 * self._slots):
             for i in range(3):
                 listen, advertised = cluster.client_listener(i, k)
                 partitioner.add(k, advertised, listen)
@@ -259,8 +281,8 @@ class Harness:
             sync.start()
             self.groups.append(Group(spec, index, topic, queue, recorder, sync))
         for group in self.groups:
-            for _ in range(INITIAL_REPLICAS):
-                self._start_replica(group, self._free_slot(group))
+            for slot in range(INITIAL_REPLICAS):
+                self._start_replica(group, slot)
         self._await_first_ticks(timeout=120)
         window_start = now_ms() + 1000
         self.echo(f"chaos: every entry dispatched; faults start (window from {window_start})")
@@ -284,6 +306,7 @@ class Harness:
                     "grace": NodeSettings(node="-").catchup_grace_ms,
                     "lease": round(g.spec.lease * 1000),
                     "decision_lead": round(g.spec.decision_lead * 1000),
+                    "probation": round(g.spec.probation * 1000),
                     "entries": {e: {"every": every} for e, every in g.spec.entries.items()},
                     "topic": g.topic,
                 }
@@ -376,10 +399,21 @@ class Harness:
 
     # -- replicas --------------------------------------------------------------------------------------------
 
-    def _free_slot(self, group: Group) -> int:
-        return min(set(range(MAX_REPLICAS)) - set(group.replicas))
+    @property
+    def _slots(self) -> int:
+        """Replica slots of the whole run; proxy slot ``k`` carries the producer and admin client of replica slot
+        ``k``, proxy slot ``_slots + k`` its consumer."""
+        return len(self.specs) * MAX_REPLICAS
 
-    def _start_replica(self, group: Group, slot: int, offset_s: int = 0) -> Replica:
+    def _proxy_slots(self, group: Group, slot: int) -> tuple[int, int]:
+        """(other clients, consumer) proxy slots of a replica slot."""
+        k = group.index * MAX_REPLICAS + slot
+        return k, self._slots + k
+
+    def _free_slot(self, group: Group) -> int | None:
+        return min(set(range(MAX_REPLICAS)) - set(group.replicas) - group.reserved, default=None)
+
+    def _start_replica(self, group: Group, slot: int, offset_s: int = 0, *, busy: bool = False) -> Replica:
         assert self._cluster is not None
         with self._lock:
             if self._stopping.is_set():
@@ -387,12 +421,14 @@ class Harness:
             group.incarnations += 1
             incarnation = group.incarnations
         name = f"{group.spec.name}-r{slot}-{incarnation}"
+        clients, consumer = self._proxy_slots(group, slot)
         env = dict(os.environ)
         env.update(
             PYTHONPATH=str(PACKAGE_PARENT) + os.pathsep + env.get("PYTHONPATH", ""),
             PYTHONUNBUFFERED="1",
             CKB_CHAOS_BROKER=self._redis_url,
-            CKB_CHAOS_KAFKA=self._cluster.bootstrap_via(group.index * MAX_REPLICAS + slot),
+            CKB_CHAOS_KAFKA=self._cluster.bootstrap_via(clients),
+            CKB_CHAOS_CONSUMER_KAFKA=self._cluster.bootstrap_via(consumer),
             CKB_CHAOS_TOPIC=group.topic,
             CKB_CHAOS_QUEUE=group.queue,
             CKB_CHAOS_SCHEDULE=json.dumps({e: {"every": every} for e, every in group.spec.entries.items()}),
@@ -401,7 +437,7 @@ class Harness:
         env.pop("CKB_CHAOS_CLOCK_OFFSET_S", None)
         if offset_s:
             env["CKB_CHAOS_CLOCK_OFFSET_S"] = str(offset_s)
-        argv = [sys.executable, "-m", "celery", "-A", "celery_kafka_beat.chaos.app", "beat", "-S", "kafka"]
+        argv = [sys.executable, "-m", "celery", "-A", "celery_kafka_beat.chaos.app", "beat", "-S", SCHEDULER]
         argv += ["--loglevel", "INFO", "--schedule", str(self.run_dir / "logs" / f"{name}.schedule")]
         with (self.run_dir / "logs" / f"{name}.log").open("ab") as out:
             proc = subprocess.Popen(
@@ -413,7 +449,7 @@ class Harness:
                 cwd=str(PACKAGE_PARENT),
                 start_new_session=True,
             )
-        replica = Replica(group.spec.name, slot, incarnation, offset_s, proc)
+        replica = Replica(group.spec.name, slot, incarnation, offset_s, proc, busy=busy)
         with self._lock:
             group.replicas[slot] = replica
         return replica
@@ -456,7 +492,7 @@ class Harness:
         for replica in replicas:
             self._terminate(replica, signalled=True)
         if self._partitioner is not None:
-            for k in range(len(self.groups) * MAX_REPLICAS):
+            for k in range(2 * self._slots):
                 self._partitioner.heal(k)
 
     # -- faults ----------------------------------------------------------------------------------------------
@@ -466,6 +502,10 @@ class Harness:
         text = f"{fault.kind:<10} {target} (pick {fault.pick})"
         if fault.kind == "broker":
             text = f"{fault.kind:<10} {'partition leader' if fault.leader else 'a follower'}"
+        elif fault.kind in ("poison", "delete-records"):
+            text = f"{fault.kind:<10} the sync topic (pick {fault.pick})"
+        elif fault.kind in ("crash-loop", "scale-up"):
+            text = f"{fault.kind:<10} a new replica"
         if fault.duration:
             text += f" for {fault.duration:.1f} s"
         if fault.offset_s:
@@ -504,15 +544,22 @@ class Harness:
         kind = fault.kind
         if kind == "scale-up":
             with self._lock:
-                if len(group.replicas) >= MAX_REPLICAS:
+                slot = self._free_slot(group)
+                if slot is None:
                     return self._skip(fault, group, f"already {MAX_REPLICAS} replicas")
-                added = self._start_replica(group, self._free_slot(group))
+                added = self._start_replica(group, slot)
                 self.applied += 1
             self._event(fault, group.spec.name, added.name, "start")
             self._event(fault, group.spec.name, added.name, "end")
             return None
         if kind == "rolling":
             return self._rolling(fault, group)
+        if kind == "poison":
+            return self._poison(fault, group)
+        if kind == "delete-records":
+            return self._delete_records(fault, group)
+        if kind == "crash-loop":
+            return self._crash_loop(fault, group)
         with self._lock:
             live = [r for r in group.replicas.values() if not r.busy and r.proc.poll() is None]
             if kind == "scale-down" and len(live) <= MIN_REPLICAS:
@@ -550,17 +597,157 @@ class Harness:
                 replica.proc.send_signal(signal.SIGCONT)
             self._event(fault, group.spec.name, name, "end")
             replica.busy = False
-        elif kind == "partition":
+        elif kind in ("partition", "deaf"):
+            # A partition cuts all of the replica's clients; deaf only its consumer (it still writes). The start is
+            # logged once the cut is in force: whatever the replica read was appended before it.
             assert self._partitioner is not None
-            slot = group.index * MAX_REPLICAS + replica.slot
-            self._event(fault, group.spec.name, name, "start")
-            self._partitioner.cut(slot)
+            clients, consumer = self._proxy_slots(group, replica.slot)
+            slots = [consumer] if kind == "deaf" else [clients, consumer]
+            if kind == "partition":
+                self._event(fault, group.spec.name, name, "start")
+            for k in slots:
+                self._partitioner.cut(k)
+            if kind == "deaf":
+                self._event(fault, group.spec.name, name, "start")
             try:
                 self._stopping.wait(fault.duration)
             finally:
-                self._partitioner.heal(slot)
+                for k in slots:
+                    self._partitioner.heal(k)
             self._event(fault, group.spec.name, name, "end")
             replica.busy = False
+        return None
+
+    def _poison(self, fault: PlannedFault, group: Group) -> None:
+        """Write one burst of :func:`.poison.poison_values` to the group's sync topic, straight to the brokers."""
+        assert self._cluster is not None
+        rng = random.Random(fault.pick * 101 + group.index)
+        latest = group.recorder.latest_ticks()
+        next_ticks = {
+            e: latest[e] + round(every * 1000) for e, every in sorted(group.spec.entries.items()) if e in latest
+        }
+        values = poison_values(
+            rng,
+            offset=group.sync.position,
+            sessions=group.sync.sessions(),
+            entries=sorted(group.spec.entries),
+            next_ticks=next_ticks,
+            now_ms=now_ms(),
+        )
+        with self._lock:
+            self.applied += 1
+        target = f"topic:{group.spec.name}"
+        labels: dict[str, int] = {}
+        for label, _ in values:
+            labels[label] = labels.get(label, 0) + 1
+        self._event(fault, group.spec.name, target, "start", records=len(values), labels=labels)
+        producer = Producer({"bootstrap.servers": self._cluster.bootstrap_servers, "linger.ms": 5, "log_level": 0})
+        failed: list[str] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                failed.append(str(err))
+
+        for _, value in values:
+            producer.produce(group.topic, value, key=b"poison", partition=0, on_delivery=delivered)
+        left = producer.flush(30)
+        self._event(fault, group.spec.name, target, "end", undelivered=left, failed=failed[:5])
+
+    def _delete_records(self, fault: PlannedFault, group: Group) -> None:
+        """An operator's DeleteRecords of the group's sync topic before a random offset between its watermarks."""
+        assert self._cluster is not None
+        bootstrap = self._cluster.bootstrap_servers
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ckb-chaos-operator", "log_level": 0})
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(group.topic, 0), timeout=10, cached=False)
+        except Exception as exc:
+            return self._skip(fault, group, f"cannot read the watermarks: {exc}")
+        finally:
+            consumer.close()
+        before = random.Random(fault.pick * 101 + group.index).randint(low, high)
+        # The harness's own reader of the topic logs every record before it is deleted (it is no replica: what it
+        # misses, the checker's fold would miss).
+        observed = group.sync.wait_position(before, timeout=10)
+        with self._lock:
+            self.applied += 1
+        target = f"topic:{group.spec.name}"
+        self._event(fault, group.spec.name, target, "start", low=low, high=high, before=before, observed=observed)
+        try:
+            result = admin.delete_records([TopicPartition(group.topic, 0, before)])[
+                TopicPartition(group.topic, 0, before)
+            ].result(30)
+            outcome: dict[str, Any] = {"low": getattr(result, "low_watermark", None)}
+        except Exception as exc:
+            outcome = {"error": str(exc)}
+        self._event(fault, group.spec.name, target, "end", before=before, **outcome)
+        return None
+
+    def _crash_loop(self, fault: PlannedFault, group: Group) -> None:
+        """A joiner in a free slot, SIGKILLed soon after each start (after its hello, before its probation ends)
+        and started again at once, for ``fault.duration`` seconds; then the slot is free again."""
+        with self._lock:
+            slot = self._free_slot(group)
+            if slot is None:
+                return self._skip(fault, group, f"already {MAX_REPLICAS} replicas")
+            group.reserved.add(slot)
+            self.applied += 1
+        rng = random.Random(fault.pick * 101 + group.index)
+        target = f"{group.spec.name}-r{slot}-loop"
+        self._event(fault, group.spec.name, target, "start", slot=slot)
+        lives: list[dict[str, Any]] = []
+        deadline = time.monotonic() + fault.duration
+        try:
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                try:
+                    replica = self._start_replica(group, slot, busy=True)  # no other fault's target
+                except RuntimeError:  # the run is stopping
+                    break
+                born = time.monotonic()
+                live_at = self._await_line(replica, LIVE_LINE, CRASH_LIVE_TIMEOUT_S)
+                kill_at = born + rng.uniform(*CRASH_AFTER_S)
+                if live_at is not None:
+                    kill_at = max(kill_at, live_at + rng.uniform(*LIVE_MARGIN_S))
+                self._stopping.wait(max(0.0, kill_at - time.monotonic()))
+                self._check_exits()  # an incarnation that died by itself is reported, not taken for a kill
+                replica.expected_exit = True
+                replica.proc.kill()
+                replica.proc.wait()
+                lives.append(
+                    {
+                        "name": replica.name,
+                        "lived_ms": round((time.monotonic() - born) * 1000),
+                        "live_after_ms": None if live_at is None else round((live_at - born) * 1000),
+                    }
+                )
+        finally:
+            with self._lock:
+                group.replicas.pop(slot, None)
+                group.reserved.discard(slot)
+            self._event(
+                fault,
+                group.spec.name,
+                target,
+                "end",
+                nodes=[life["name"] for life in lives],
+                lives=lives,
+                never_live=sum(1 for life in lives if life["live_after_ms"] is None),
+            )
+        return None
+
+    def _await_line(self, replica: Replica, needle: bytes, timeout: float) -> float | None:
+        """Monotonic time at which ``needle`` was seen in the replica's log; None on timeout or exit."""
+        path = self.run_dir / "logs" / f"{replica.name}.log"
+        deadline = time.monotonic() + timeout
+        seen = b""
+        with path.open("rb") as log_file:
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                seen = seen[-len(needle) :] + log_file.read()
+                if needle in seen:
+                    return time.monotonic()
+                if replica.proc.poll() is not None:
+                    return None
+                time.sleep(0.05)
         return None
 
     def _rolling(self, fault: PlannedFault, group: Group) -> None:

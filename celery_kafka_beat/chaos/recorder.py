@@ -136,14 +136,34 @@ class SyncLog:
     broker time (LogAppendTime), session and kind (a record renews its session's lease), and for a hello its node
     and lease, for a claim its entries, for a decide and an expire vote its items, for a wait whether it is a mark,
     for a genesis its stretch; an undecodable record as kind null. A jump in offsets (records
-    deleted by the snapshot cleaner before they were read) is logged as ``{"gap": [from, to]}``."""
+    deleted by the snapshot cleaner before they were read) is logged as ``{"gap": [from, to]}``.
+
+    For the harness's faults it also keeps :attr:`position` (the offset after the last record read) and the sessions
+    that said hello and have not ended, with the offset of their latest record (:meth:`sessions`)."""
 
     def __init__(self, bootstrap: str, topic: str, path: Path) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.position = 0
+        self._latest: dict[str, int] = {}  # session -> offset of its latest record (hello seen, no end seen)
+        self._lock = threading.Lock()
         self._out: IO[str] = path.open("a", encoding="utf-8")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sync-{topic}", daemon=True)
+
+    def sessions(self, recent: int = 5000) -> dict[str, int]:
+        """Sessions seen live whose latest record is among the last ``recent`` offsets read: session -> offset."""
+        with self._lock:
+            return {s: o for s, o in self._latest.items() if o >= self.position - recent}
+
+    def wait_position(self, offset: int, timeout: float) -> bool:
+        """Wait until every record before ``offset`` has been read (and logged); False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.position < offset:
+            if time.monotonic() > deadline or self._stop.is_set():
+                return False
+            time.sleep(0.05)
+        return True
 
     def start(self) -> None:
         self._thread.start()
@@ -178,6 +198,7 @@ class SyncLog:
                     self._write({"gap": [expected, offset]})
                 expected = offset + 1
                 self._log(offset, msg.timestamp()[1], msg.value())
+                self.position = expected
         finally:
             consumer.close()
 
@@ -188,6 +209,7 @@ class SyncLog:
             self._write({"o": offset, "t": ts, "k": None})  # unusable: only its place in a quiet stretch counts
             return
         line: dict[str, Any] = {"o": offset, "t": ts, "s": record.session, "k": type(record).__name__.lower()}
+        self._track(offset, record)
         match record:
             case wire.Hello():
                 line |= {"node": record.node, "lease": record.lease_ms, "v": record.version}
@@ -202,6 +224,23 @@ class SyncLog:
             case wire.Genesis():
                 line |= {"from": record.start, "el": record.elapsed_ms}
         self._write(line)
+
+    def _track(self, offset: int, record: wire.Record) -> None:
+        with self._lock:
+            match record:
+                case wire.Hello():
+                    self._latest.setdefault(record.session, offset)
+                case wire.Goodbye():
+                    self._latest.pop(record.session, None)
+                case wire.Expire() if record.session in self._latest:
+                    for target, last in record.items:
+                        if self._latest.get(target) == last:
+                            del self._latest[target]
+            if record.session in self._latest:
+                self._latest[record.session] = offset
+            if len(self._latest) > 1000:  # sessions that vanished unseen (a genesis, deleted records)
+                for session in sorted(self._latest, key=self._latest.__getitem__)[:500]:
+                    del self._latest[session]
 
     def _write(self, line: dict[str, Any]) -> None:
         self._out.write(json.dumps(line) + "\n")
