@@ -1,7 +1,19 @@
 """Check a chaos run directory (written by :mod:`.harness`): was each tick dispatched exactly once, within the policy?
 
-Pure: reads ``run.json``, ``ticks-<group>.jsonl``, ``sync-<group>.jsonl`` and ``faults.jsonl``; needs neither Kafka nor
-a Celery broker.
+Pure: reads ``run.json``, ``ticks-<group>.jsonl``, ``sync-<group>.jsonl``, ``faults.jsonl`` and the replicas' logs
+(``logs/``); needs neither Kafka nor a Celery broker.
+
+**Faults, as the rules see them.** A fault is a start/end pair of one ``n``, group and target in ``faults.jsonl``.
+It *hits* its target replica; a crash loop hits every incarnation it started (``nodes`` of its end event); a broker
+fault hits every replica of every group, a ``delete-records`` every replica of its group. Its *window* is
+``[start - 1 s, end + lease + 1 s]``: 1 s before, because the owner decides ticks up to the decision lead (250 ms)
+ahead and the harness takes a moment to apply a fault; lease + 1 s after, because a new owner can claim only once
+the old session has been voted out (a lease after its last record), then needs a moment to read, claim and decide.
+*Unclean* faults are kill, stop, partition, broker, deaf, delete-records, and a SIGTERM that had to be SIGKILLed.
+``poison`` and ``crash-loop`` excuse nothing at all: no duplicate and no missing tick, whoever sent or owned it,
+the crash-looping incarnations included (they must never own an entry: each is killed before its probation ends,
+so a tick one of them decided and did not publish is a loss outside the policy).
+
 Per group and entry, the rules are:
 
 * **Grid.** An entry's ticks lie on ``phase + k * period``. The phase comes from the entry's first received message
@@ -10,10 +22,10 @@ Per group and entry, the rules are:
   and otherwise ignored (they still give phases, predecessors and successors). An entry never dispatched at all has
   ``ceil(window length / period)`` missing ticks, and that is a violation.
 * **Duplicates.** A tick received more than once. In at-most-once mode any duplicate is a violation. In
-  at-least-once mode a duplicate is allowed (and counted) only when its copies share one task id and a fault hit one
-  of the nodes that sent them, or the brokers, between 1 s before the tick and lease + 1 s after the fault's end:
-  the re-send of a tick whose confirmation did not make it into the log. Task ids are derived from the tick, so a
-  split brain would also send one id twice; the fault is what tells a re-send from it.
+  at-least-once mode a duplicate is allowed (and counted) only when its copies share one task id and the tick lies
+  in the window of a fault (not poison, not crash-loop) that hit one of the nodes that sent them: the re-send of a
+  tick whose confirmation did not make it into the log. Task ids are derived from the tick, so a split brain would
+  also send one id twice; the fault is what tells a re-send from it.
 * **Missing ticks, with the sync log** (``sync-<group>.jsonl``: the harness reads every record of the group's
   topic with its broker time). Only valid decisions count: one that lands after its session ended (goodbye, a vote
   naming its latest record, a genesis) or after a later claim of its entry was granted (a cut-off or paused owner's
@@ -21,23 +33,45 @@ Per group and entry, the rules are:
   A tick never decided is allowed by catch-up 'once' when the entry's
   next decided tick was decided more than the grace after it: the owner then found it overdue past the grace and,
   as 'once' says, decided only the latest tick due. A tick decided but never published is allowed in at-most-once
-  mode when an unclean fault (kill, stop, partition, broker) hit the deciding node, or the brokers, between 1 s
-  before the tick and lease + 1 s after the fault's end. Every other missing tick is a loss outside the policy
-  (a violation); with catch-up 'all' and at-least-once, no missing tick is allowed.
+  mode when it lies in the window of an unclean fault that hit the deciding node. For a ``deaf`` fault (a replica
+  that can write but not read), only under an epoch whose claim landed (broker time) before the fault's start,
+  which the harness logs once the replica's consumer is cut: an entry granted to it while it could not read was
+  taken from someone, and its ticks are not excused. For ``delete-records`` (an operator's DeleteRecords; start
+  just before the request, end at its answer) every replica of the group is hit: one whose read position was deleted
+  says goodbye and reads the topic again, its entries move at once, and what it had decided and not yet published
+  is lost within the same bound as after a kill. Every other missing tick is a loss outside the policy (a
+  violation); with catch-up 'all' and at-least-once, no missing tick is allowed.
 * **Missing ticks, without a sync log** (older runs, hand-made ones), judged from what arrived: 'once' allows
   ``t`` when the next received tick ``t2`` came more than the grace after ``t`` and was planned afresh (a new
   epoch, or its owner itself past the grace); at-most-once allows it when an unclean fault hit the node that sent
-  the entry's previous tick, or the brokers, in the window above. Looser: a tick lost at a handover passes.
+  the entry's previous tick, in its window. Looser: a tick lost at a handover passes.
+* **Faults that must cost the others nothing** (poison, deaf, crash-loop). A missing tick whose *owner* (the node
+  that sent the entry's previous received tick) the fault did not hit, lying in the fault's window (for deaf and
+  crash-loop extended by the probation, ``probation`` in run.json, default 5 s: the sick replica's last session
+  may say ``ready`` that long after its hello and then take its share), is a loss outside the policy, whatever the
+  rules above allow ('once' included), unless it also lies in the window of another fault (not poison, not
+  crash-loop) that hit its owner or the whole group. Counted in ``missing_not_allowed`` and, of those, in
+  ``missing_near_no_loss_faults``. So a burst of poison records, a replica that can write but not read, or a joiner
+  that crash-loops must not cost a healthy owner a single tick.
+* **Replica logs.** Each replica process (``logs/<group>-r<slot>-<n>.log``) logs each kind of record it cannot use
+  at most once, and its node's thread never fails ("unexpected error; restarting from the topic", "stopped by an
+  error"); either is a violation. The kinds of problem logged are counted (how many replicas logged each).
 * **Lateness.** ``recv - tick`` of each received tick's first copy; also over "quiet" ticks only, which lie in no
   fault window ``[start, end + lease + 2 s]`` of the group (broker faults included).
-* **Failover gaps.** For each fault (start/end pair of one ``n``, group and target) that stops or isolates a node
-  ``X`` (kill, term, stop, partition, clock, scale-down, rolling): the entries of the group's shortest period (a
+* **Missing near faults** (not pass/fail; the report's evidence for the rule above). Per fault kind: the missing
+  ticks, whatever their verdict, in the window of a fault of that kind (deaf and crash-loop: extended as above); of
+  those, the ones whose owner no such fault hit; and of those, the ones that no other fault of their owner or the
+  group explains.
+* **Failover gaps.** For each fault that stops or isolates a node ``X`` (kill, term, stop, partition, deaf, clock,
+  scale-down, rolling): the entries of the group's shortest period (a
   longer one would add its own wait for the next tick) whose last dispatch before the start was by ``X``. If
   ``X`` dispatches the entry again after the fault's end before any other node does, it was *kept* (a pause or
   partition shorter than the lease); otherwise its gap is the receive time of the first dispatch by another node
   minus the start (``X``'s own messages in between are ticks it had decided; a clean stop publishes them). A
   fault's gap is the largest of its entries' gaps. For a broker fault, per group: the largest (first receive of
-  an entry after the start) - start. Not a pass/fail rule.
+  an entry after the start) - start. For a fault that moves no entry (poison, delete-records, crash-loop): the
+  longest time between two dispatches of one entry spanning part of ``[start, end + lease + 1 s]`` (1 s, the
+  period, is no pause at all). Not a pass/fail rule.
 
 Malformed lines are violations naming file and line; a fault that never ended is taken to end at the window's end.
 Catch-up 'skip' excuses no missing tick here (checked as strictly as 'all').
@@ -48,11 +82,14 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import dataclasses
+import itertools
 import json
 import math
+import re
 import sys
 from collections import defaultdict
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final, TypeVar
@@ -60,9 +97,20 @@ from typing import Final, TypeVar
 from celery_kafka_beat.protocol.node import CatchUp, DeliveryMode
 from celery_kafka_beat.protocol.state import MAX_LEASE_MS
 
-UNCLEAN_KINDS: Final = frozenset({"kill", "stop", "partition", "broker"})
+UNCLEAN_KINDS: Final = frozenset({"kill", "stop", "partition", "broker", "deaf", "delete-records"})
 # Faults that stop or cut off one replica, so its entries must move (or wait for it).
-FAILOVER_KINDS: Final = frozenset({"kill", "term", "stop", "partition", "clock", "scale-down", "rolling"})
+FAILOVER_KINDS: Final = frozenset({"kill", "term", "stop", "partition", "clock", "scale-down", "rolling", "deaf"})
+# Faults that hit every replica (of every group for a broker, of its own group for a DeleteRecords).
+GROUP_KINDS: Final = frozenset({"broker", "delete-records"})
+# Faults that excuse nothing: no duplicate, no missing tick, whoever they hit.
+EXCUSE_NOTHING_KINDS: Final = frozenset({"poison", "crash-loop"})
+# Faults that must cost the replicas they do not target nothing: no missing tick at all, whatever the catch-up
+# policy would allow, unless another fault explains it (see the module docstring).
+NO_LOSS_KINDS: Final = frozenset({"poison", "deaf", "crash-loop"})
+# Faults whose figure is the longest silence of an entry while they last (nobody's entries need to move).
+SILENCE_KINDS: Final = frozenset({"poison", "delete-records", "crash-loop"})
+# The default probation of a new session (run.json's "probation" overrides it).
+DEFAULT_PROBATION_MS: Final = 5000
 # Why 1 s before the start: the faulted owner decided ticks up to the decision lead (250 ms) ahead and may have
 # lost them in flight; 1 s also covers the harness's own delay in applying the fault.
 AMO_BEFORE_MS: Final = 1000
@@ -75,6 +123,10 @@ QUIET_AFTER_MS: Final = 2000
 GENESIS_QUIET_MS: Final = MAX_LEASE_MS + MAX_LEASE_MS // 10
 # How many example ticks a violation message names.
 _EXAMPLES: Final = 5
+# What a replica logs when it skips a record it cannot use (once per kind of problem), and when its node's thread
+# fails (restarts from the topic, or stops for good).
+_SKIP_LINE: Final = re.compile(rb"with this problem \(([^()]*)\) are skipped without a log line")
+_NODE_ERROR_LINE: Final = re.compile(rb"unexpected error; restarting from the topic|stopped by an error")
 
 
 class RunDirError(Exception):
@@ -124,6 +176,7 @@ class Counts:
     missing_once: int = 0  # allowed by catch-up 'once'
     missing_at_most_once: int = 0  # allowed by at-most-once delivery after an unclean fault
     missing_not_allowed: int = 0
+    missing_near_no_loss_faults: int = 0  # of missing_not_allowed: charged to a poison, deaf or crash-loop fault
     off_grid: int = 0
 
     def __add__(self, other: Counts) -> Counts:
@@ -155,6 +208,17 @@ class FailoverStats:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NearStats:
+    """Missing ticks (whatever the policy says of them) near the faults of one kind: in the window of one of them
+    ([start - 1 s, end + lease + 1 s], for deaf and crash-loop also + probation)."""
+
+    faults: int
+    missing: int
+    healthy: int  # of missing: of entries whose owner the fault did not hit (every owner is hit by a group fault)
+    unexplained: int  # of healthy: no other fault (that excuses anything) hit the owner or the group around them
+
+
+@dataclass(frozen=True, kw_only=True)
 class GroupResult:
     name: str
     delivery: str
@@ -170,9 +234,12 @@ class GroupResult:
     failover: dict[str, FailoverStats]  # by fault kind
     fault_gaps: list[FaultGap]
     fault_counts: dict[str, int]  # distinct faults (by n) applied to this group, by kind; broker faults included
+    near: dict[str, NearStats]  # missing ticks near the faults of each kind
     violations: list[str]
     lateness_ms: list[int] = field(default_factory=list, repr=False)  # first copies, for plots
     zombie_decisions: int | None = None  # decisions that landed superseded (None: no sync log)
+    skipped_kinds: dict[str, int] = field(default_factory=dict)  # problem code -> replica logs that logged it
+    replica_logs: int = 0  # replica log files read
 
     @property
     def ok(self) -> bool:
@@ -218,10 +285,19 @@ class _Fault:
     start: int
     end: int
     forced: bool = False  # a clean stop that timed out and was SIGKILLed (detail "clean": false)
+    nodes: frozenset[str] = frozenset()  # the replicas it hit: the target, and a crash loop's incarnations
 
     @property
     def unclean(self) -> bool:
         return self.kind in UNCLEAN_KINDS or self.forced
+
+    def hits(self, node: str | None) -> bool:
+        """Whether the fault hit ``node`` (every node for a broker fault or a DeleteRecords)."""
+        return self.kind in GROUP_KINDS or node == self.target or node in self.nodes
+
+    def window(self, lease_ms: int, extra_ms: int = 0) -> tuple[int, int]:
+        """[start - 1 s, end + lease + 1 s (+ extra)]: the stretch in which the fault may explain a tick."""
+        return self.start - AMO_BEFORE_MS, self.end + lease_ms + AMO_AFTER_MS + extra_ms
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,6 +308,7 @@ class _GroupConfig:
     grace_ms: int
     lease_ms: int
     periods_ms: dict[str, int]
+    probation_ms: int = DEFAULT_PROBATION_MS
 
 
 class _Malformed(ValueError):
@@ -290,9 +367,19 @@ def _forced(detail: object) -> bool:
     return isinstance(detail, dict) and detail.get("clean") is False
 
 
+def _nodes(detail: object) -> frozenset[str]:
+    """A crash loop's incarnations (detail "nodes" of its end event)."""
+    nodes = detail.get("nodes") if isinstance(detail, dict) else None
+    if nodes is None:
+        return frozenset()
+    if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+        raise _Malformed(f"'detail.nodes' is not a list of str: {nodes!r}")
+    return frozenset(nodes)
+
+
 def _read_faults(path: Path, window_end: int, violations: list[str], notes: list[str]) -> list[_Fault]:
     """Pair start and end events by (n, group, target), in time order."""
-    events: list[tuple[int, int, str, str | None, str, str, bool]] = []
+    events: list[tuple[int, int, str, str | None, str, str, bool, frozenset[str]]] = []
     for lineno, obj in _read_jsonl(path, violations):
         try:
             group = obj.get("group")
@@ -310,25 +397,40 @@ def _read_faults(path: Path, window_end: int, violations: list[str], notes: list
                     _get(obj, "target", str),
                     phase,
                     _forced(obj.get("detail")),
+                    _nodes(obj.get("detail")),
                 )
             )
         except _Malformed as exc:
             violations.append(f"{path.name} line {lineno}: malformed ({exc})")
     open_starts: dict[tuple[int, str, str | None, str], list[int]] = defaultdict(list)
     faults = []
-    for t, n, kind, group, target, phase, forced in sorted(events, key=lambda e: e[0]):
+    for t, n, kind, group, target, phase, forced, nodes in sorted(events, key=lambda e: e[0]):
         key = (n, kind, group, target)
         if phase == "start":
             open_starts[key].append(t)
         elif open_starts[key]:
             start = open_starts[key].pop(0)
-            faults.append(_Fault(n=n, kind=kind, group=group, target=target, start=start, end=t, forced=forced))
+            faults.append(
+                _Fault(
+                    n=n,
+                    kind=kind,
+                    group=group,
+                    target=target,
+                    start=start,
+                    end=t,
+                    forced=forced,
+                    nodes=nodes | {target},
+                )
+            )
         else:
             notes.append(f"fault {n} ({kind} of {target}): an end without a start, ignored")
     for (n, kind, group, target), starts in open_starts.items():
         for start in starts:
             notes.append(f"fault {n} ({kind} of {target}): no end, taken to end at the window's end")
-            faults.append(_Fault(n=n, kind=kind, group=group, target=target, start=start, end=max(start, window_end)))
+            end = max(start, window_end)
+            faults.append(
+                _Fault(n=n, kind=kind, group=group, target=target, start=start, end=end, nodes=frozenset({target}))
+            )
     return sorted(faults, key=lambda f: (f.start, f.n))
 
 
@@ -340,6 +442,7 @@ class _Decisions:
     by_entry: dict[str, list[int]]  # decided ticks per entry, sorted
     gaps: int
     zombies: int  # decide records ignored: their epoch was superseded when they landed
+    claims: dict[int, int] = field(default_factory=dict)  # offset -> broker time of each claim of a live session
 
 
 def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
@@ -352,6 +455,7 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
     if not path.exists():
         return None
     nodes: dict[str, str] = {}
+    claims: dict[int, int] = {}
     items: list[tuple[str, int, int, int, str]] = []  # entry, tick, epoch, broker time, node; in log order
     offsets: list[int] = []
     gaps = dead = 0
@@ -399,6 +503,8 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
                     if target != session and live.get(str(target)) == last:
                         del live[str(target)]
                         ended.add(str(target))
+            elif kind == "claim":
+                claims[offset] = at
             elif kind == "decide":
                 node = nodes[session]
                 for entry, epoch, tick in _get(obj, "i", list):
@@ -425,7 +531,27 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
         by_entry[entry].append(tick)
     for ticks in by_entry.values():
         ticks.sort()
-    return _Decisions(decided=dict(decided), by_entry=dict(by_entry), gaps=gaps, zombies=zombies)
+    return _Decisions(decided=dict(decided), by_entry=dict(by_entry), gaps=gaps, zombies=zombies, claims=claims)
+
+
+def _read_replica_logs(logs: Path, group: str, violations: list[str]) -> tuple[dict[str, int], int]:
+    """Each replica of ``group`` (``logs/<group>-r<slot>-<n>.log``) must log a kind of record it cannot use at most
+    once, and its node's thread must never fail (an unexpected error restarts it from the topic: a record, or a
+    fault, that it did not handle). Returns (problem code -> how many replicas logged it, log files read)."""
+    kinds: dict[str, int] = defaultdict(int)
+    files = sorted(logs.glob(f"{group}-r*.log")) if logs.is_dir() else []
+    for path in files:
+        text = path.read_bytes()
+        codes = [m.group(1).decode("utf-8", "replace") for m in _SKIP_LINE.finditer(text)]
+        twice = sorted({c for c in codes if codes.count(c) > 1})
+        if twice:
+            violations.append(f"logs/{path.name}: records it cannot use logged more than once per kind: {twice}")
+        for code in set(codes):
+            kinds[code] += 1
+        errors = len(_NODE_ERROR_LINE.findall(text))
+        if errors:
+            violations.append(f"logs/{path.name}: the node's thread failed {errors} time(s) (unexpected error)")
+    return dict(sorted(kinds.items())), len(files)
 
 
 def _read_run(run_dir: Path, notes: list[str]) -> tuple[dict[str, object], tuple[int, int], list[_GroupConfig]]:
@@ -448,6 +574,7 @@ def _read_run(run_dir: Path, notes: list[str]) -> tuple[dict[str, object], tuple
                     grace_ms=int(raw["grace"]),
                     lease_ms=int(raw["lease"]),
                     periods_ms=periods,
+                    probation_ms=int(raw.get("probation", DEFAULT_PROBATION_MS)),
                 )
             )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -481,6 +608,7 @@ def check(run_dir: Path) -> Report:
                 notes.append(
                     f"{config.name}: {decisions.zombies} decisions landed too late (session expired, epoch superseded)"
                 )
+        skipped, log_files = _read_replica_logs(run_dir / "logs", config.name, file_violations)
         result = _check_group(
             config,
             start=start,
@@ -491,6 +619,7 @@ def check(run_dir: Path) -> Report:
             violations=file_violations,
             notes=notes,
         )
+        result = dataclasses.replace(result, skipped_kinds=skipped, replica_logs=log_files)
         groups[config.name] = result
         violations.extend(f"{config.name}: {v}" for v in result.violations)
 
@@ -541,8 +670,9 @@ def _check_group(
     entries: dict[str, Counts] = {}
     lateness: list[int] = []
     quiet: list[int] = []
+    missing: list[_Missing] = []
     for entry, period in config.periods_ms.items():
-        counts, entry_lateness = _check_entry(
+        counts, entry_lateness, entry_missing = _check_entry(
             config,
             entry=entry,
             period=period,
@@ -554,6 +684,7 @@ def _check_group(
             violations=violations,
         )
         entries[entry] = counts
+        missing += entry_missing
         for tick, late in entry_lateness:
             lateness.append(late)
             if not _inside(quiet_windows, tick):
@@ -587,6 +718,7 @@ def _check_group(
         failover=failover,
         fault_gaps=fault_gaps,
         fault_counts=dict(fault_counts),
+        near=_near(config, faults, missing),
         violations=violations,
         lateness_ms=lateness,
         zombie_decisions=None if decisions is None else decisions.zombies,
@@ -604,12 +736,12 @@ def _check_entry(
     faults: list[_Fault],
     decisions: _Decisions | None,
     violations: list[str],
-) -> tuple[Counts, list[tuple[int, int]]]:
-    """Counts of one entry, and (tick, lateness) of each received tick in the window."""
+) -> tuple[Counts, list[tuple[int, int]], list[_Missing]]:
+    """Counts of one entry, (tick, lateness) of each received tick in the window, and its missing ticks."""
     if not messages:
-        missing = math.ceil((end - start) / period)
-        violations.append(f"entry {entry} never dispatched ({missing} ticks missing)")
-        return Counts(expected=missing, missing_not_allowed=missing), []
+        never = math.ceil((end - start) / period)
+        violations.append(f"entry {entry} never dispatched ({never} ticks missing)")
+        return Counts(expected=never, missing_not_allowed=never), [], []
     phase = messages[0].tick % period
     copies: dict[int, list[_Message]] = defaultdict(list)  # on-grid ticks of the whole log, copies in receive order
     off_grid = []
@@ -647,38 +779,35 @@ def _check_entry(
         violations.append(f"entry {entry}: duplicates not allowed in {config.delivery}: {_examples(bad_dups)}")
 
     unclean = [f for f in faults if f.unclean]
-    missing_once = missing_amo = 0
-    lost: list[int] = []
+    missing: list[_Missing] = []
     for tick in expected:
         if tick in copies:
             continue
         i = bisect.bisect_right(received, tick)
+        owner = copies[received[i - 1]][0].node if i > 0 else None
         if decisions is not None:
             verdict = _judge_missing(config, entry, tick, decisions, unclean)
-            if verdict == "once":
-                missing_once += 1
-                continue
-            if verdict == "at-most-once":
-                missing_amo += 1
-                continue
-            lost.append(tick)
-            continue
-        if config.catchup == "once" and i < len(received):
-            successor = copies[received[i]][0]
-            previous = copies[received[i - 1]][0] if i > 0 else None
-            # Planned afresh: a new claim (epoch) or the owner itself past the grace.
-            fresh = previous is None or previous.epoch != successor.epoch
-            if (fresh or successor.recv - successor.tick > config.grace_ms) and successor.recv - tick > config.grace_ms:
-                missing_once += 1
-                continue
-        if config.delivery == "at-most-once":
-            owner = {copies[received[i - 1]][0].node} if i > 0 else None
-            if _around(unclean, tick, config.lease_ms, owner):
-                missing_amo += 1
-                continue
-        lost.append(tick)
+        else:
+            verdict = _judge_missing_heuristic(config, tick, i, received, copies, unclean)
+        charged = _charged(config, tick, owner, faults)
+        if charged is not None:
+            verdict = "lost"
+        missing.append(_Missing(entry=entry, tick=tick, owner=owner, verdict=verdict, charged=charged))
+    lost = [m.tick for m in missing if m.verdict == "lost" and m.charged is None]
     if lost:
         violations.append(f"entry {entry}: missing ticks, a loss outside the policy: {_examples(lost)}")
+    charged_to = [
+        f"{m.tick} ({m.charged.kind} #{m.charged.n} of {m.charged.target}; owner {m.owner})"
+        for m in missing
+        if m.charged is not None
+    ]
+    if charged_to:
+        violations.append(
+            f"entry {entry}: ticks of a replica that no fault hit, missing near a fault that must cost them nothing "
+            f"(and no other fault of their owner around them): {_examples(charged_to)}"
+        )
+    missing_once = sum(1 for m in missing if m.verdict == "once")
+    missing_amo = sum(1 for m in missing if m.verdict == "at-most-once")
     counts = Counts(
         expected=len(expected),
         once=once,
@@ -688,21 +817,79 @@ def _check_entry(
         duplicate_ticks_violating=dup_bad,
         missing_once=missing_once,
         missing_at_most_once=missing_amo,
-        missing_not_allowed=len(lost),
+        missing_not_allowed=sum(1 for m in missing if m.verdict == "lost"),
+        missing_near_no_loss_faults=len(charged_to),
         off_grid=len(off_grid),
     )
     lateness = [(t, copies[t][0].recv - t) for t in received if start <= t <= end]
-    return counts, lateness
+    return counts, lateness, missing
 
 
-def _around(faults: Iterable[_Fault], tick: int, lease_ms: int, nodes: Container[str] | None) -> bool:
-    """Whether one of ``faults`` hit the brokers, or one of ``nodes`` (any node if None), between 1 s before its
-    start and lease + 1 s after its end, with ``tick`` in that stretch."""
-    return any(
-        f.start - AMO_BEFORE_MS <= tick <= f.end + lease_ms + AMO_AFTER_MS
-        and (f.kind == "broker" or nodes is None or f.target in nodes)
-        for f in faults
-    )
+@dataclass(frozen=True, kw_only=True)
+class _Missing:
+    entry: str
+    tick: int
+    owner: str | None  # the node that sent the entry's previous received tick
+    verdict: str  # "once", "at-most-once" or "lost"
+    charged: _Fault | None  # the no-loss fault it is charged to (then verdict is "lost")
+
+
+def _judge_missing_heuristic(  # noqa: PLR0917 - the tick and its place among the received ones
+    config: _GroupConfig,
+    tick: int,
+    i: int,
+    received: list[int],
+    copies: dict[int, list[_Message]],
+    unclean: list[_Fault],
+) -> str:
+    """Without a sync log: why ``tick`` may be missing, from what arrived (``received[i]`` is its successor)."""
+    if config.catchup == "once" and i < len(received):
+        successor = copies[received[i]][0]
+        previous = copies[received[i - 1]][0] if i > 0 else None
+        # Planned afresh: a new claim (epoch) or the owner itself past the grace.
+        fresh = previous is None or previous.epoch != successor.epoch
+        if (fresh or successor.recv - successor.tick > config.grace_ms) and successor.recv - tick > config.grace_ms:
+            return "once"
+    if config.delivery == "at-most-once":
+        owner = {copies[received[i - 1]][0].node} if i > 0 else None
+        if _around(unclean, tick, config.lease_ms, owner):
+            return "at-most-once"
+    return "lost"
+
+
+def _around(faults: Iterable[_Fault], tick: int, lease_ms: int, nodes: Iterable[str] | None) -> bool:
+    """Whether one of ``faults`` (not one that excuses nothing) hit one of ``nodes`` (any node if None; a broker
+    fault or a DeleteRecords hits every node), with ``tick`` between 1 s before its start and lease + 1 s after its
+    end."""
+    for f in faults:
+        if f.kind in EXCUSE_NOTHING_KINDS:
+            continue
+        lo, hi = f.window(lease_ms)
+        if lo <= tick <= hi and (nodes is None or f.kind in GROUP_KINDS or any(f.hits(n) for n in nodes)):
+            return True
+    return False
+
+
+def _no_loss_extra_ms(config: _GroupConfig, f: _Fault) -> int:
+    """How much longer than lease + 1 s after its end a no-loss fault answers for missing ticks: a deaf or crash-
+    looping replica's session may say ``ready`` a probation after its last hello, then take its share."""
+    return config.probation_ms if f.kind in ("deaf", "crash-loop") else 0
+
+
+def _charged(config: _GroupConfig, tick: int, owner: str | None, faults: list[_Fault]) -> _Fault | None:
+    """The no-loss fault (poison, deaf, crash-loop) a missing tick is charged to, if any: the tick lies in the
+    fault's window, its owner is not the fault's target, and no other fault (that excuses anything) hit its owner,
+    or the whole group, around it."""
+    for f in faults:
+        if f.kind not in NO_LOSS_KINDS or f.hits(owner):
+            continue
+        lo, hi = f.window(config.lease_ms, _no_loss_extra_ms(config, f))
+        if not lo <= tick <= hi:
+            continue
+        others = [g for g in faults if g.n != f.n or g.kind != f.kind]
+        if not _around(others, tick, config.lease_ms, [owner] if owner is not None else []):
+            return f
+    return None
 
 
 def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Decisions, unclean: list[_Fault]) -> str:
@@ -723,8 +910,45 @@ def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Deci
         return "lost"
     if config.delivery != "at-most-once":
         return "lost"
-    hit = _around(unclean, tick, config.lease_ms, {node for _, _, node in decided})
-    return "at-most-once" if hit else "lost"
+    for _, epoch, node in decided:
+        for f in unclean:
+            lo, hi = f.window(config.lease_ms)
+            if not (lo <= tick <= hi and f.hits(node)):
+                continue
+            # A deaf replica answers only for the entries it owned before it went deaf: one it was granted while it
+            # could not read was taken from someone (it must never take entries it cannot run).
+            if f.kind == "deaf" and not decisions.claims.get(epoch, f.start) < f.start:
+                continue
+            return "at-most-once"
+    return "lost"
+
+
+def _near(config: _GroupConfig, faults: list[_Fault], missing: list[_Missing]) -> dict[str, NearStats]:
+    stats = {}
+    for kind in sorted({f.kind for f in faults}):
+        of_kind = [f for f in faults if f.kind == kind]
+        near = healthy = unexplained = 0
+        for m in missing:
+            covering = [
+                f
+                for f in of_kind
+                if f.window(config.lease_ms, _no_loss_extra_ms(config, f))[0]
+                <= m.tick
+                <= f.window(config.lease_ms, _no_loss_extra_ms(config, f))[1]
+            ]
+            if not covering:
+                continue
+            near += 1
+            if any(f.hits(m.owner) for f in covering):
+                continue
+            healthy += 1
+            ns = {f.n for f in covering}
+            others = [g for g in faults if not (g.kind == kind and g.n in ns)]
+            unexplained += not _around(others, m.tick, config.lease_ms, [m.owner] if m.owner is not None else [])
+        stats[kind] = NearStats(
+            faults=len({f.n for f in of_kind}), missing=near, healthy=healthy, unexplained=unexplained
+        )
+    return stats
 
 
 def _failover(config: _GroupConfig, by_entry: dict[str, list[_Message]], faults: list[_Fault]) -> list[FaultGap]:
@@ -734,6 +958,9 @@ def _failover(config: _GroupConfig, by_entry: dict[str, list[_Message]], faults:
     by_entry = {e: ms for e, ms in by_entry.items() if config.periods_ms.get(e) == shortest}
     gaps = []
     for f in faults:
+        if f.kind in SILENCE_KINDS:
+            gaps.append(_silence(f, config.lease_ms, recvs, by_entry))
+            continue
         if f.kind not in FAILOVER_KINDS and f.kind != "broker":
             continue
         owned = kept = unrecovered = 0
@@ -777,6 +1004,32 @@ def _failover(config: _GroupConfig, by_entry: dict[str, list[_Message]], faults:
     return gaps
 
 
+def _silence(f: _Fault, lease_ms: int, recvs: dict[str, list[int]], by_entry: dict[str, list[_Message]]) -> FaultGap:
+    """For a fault that moves nobody's entries: the longest time between two dispatches (receive times) of one entry
+    that spans part of [start, end + lease + 1 s] (for an entry every second, 1 s means no pause at all)."""
+    lo, hi = f.start, f.end + lease_ms + AMO_AFTER_MS
+    silences = []
+    unrecovered = 0
+    for entry in by_entry:
+        r = recvs[entry]
+        i, j = bisect.bisect_right(r, lo), bisect.bisect_right(r, hi)
+        if i == len(r):
+            unrecovered += 1
+        points = r[max(0, i - 1) : j + 1]
+        silences += [b - a for a, b in itertools.pairwise(points)]
+    return FaultGap(
+        n=f.n,
+        kind=f.kind,
+        target=f.target,
+        start=f.start,
+        end=f.end,
+        owned=len(by_entry),
+        kept=0,
+        unrecovered=unrecovered,
+        gap_ms=max(silences) if silences else None,
+    )
+
+
 def _merge(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for lo, hi in sorted(windows):
@@ -799,7 +1052,7 @@ def to_json(report: Report) -> dict[str, object]:
     """The report as JSON-ready data (raw lateness samples left out)."""
 
     def plain(obj: object) -> object:
-        if isinstance(obj, Distribution | Counts | FaultGap | FailoverStats):
+        if isinstance(obj, Distribution | Counts | FaultGap | FailoverStats | NearStats):
             return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
         if isinstance(obj, dict):
             return {k: plain(v) for k, v in obj.items()}
@@ -841,7 +1094,8 @@ def render_text(report: Report, max_violations: int = 20) -> str:
             f"(+{t.duplicate_copies} copies; {t.duplicate_ticks_id_identical} id-identical, "
             f"{t.duplicate_ticks_violating} not allowed)",
             f"  missing: allowed by 'once' {t.missing_once}, by at-most-once {t.missing_at_most_once}, "
-            f"NOT allowed {t.missing_not_allowed}; off-grid {t.off_grid}",
+            f"NOT allowed {t.missing_not_allowed} (near a fault that must cost nothing: "
+            f"{t.missing_near_no_loss_faults}); off-grid {t.off_grid}",
             f"  messages ignored: {g.outside_window_messages} outside the window, "
             f"{g.unknown_entry_messages} of unknown entries",
         ]
@@ -858,6 +1112,13 @@ def render_text(report: Report, max_violations: int = 20) -> str:
                 f"max {_ms(s.gaps.max)} ms; kept {s.kept}, owned nothing {s.owned_nothing}"
                 + (f", never resumed {s.unrecovered}" if s.unrecovered else "")
             )
+        for kind, near in g.near.items():
+            lines.append(
+                f"  missing near {kind:<14} {near.missing} (of replicas it did not hit {near.healthy}, "
+                f"no other fault of theirs around {near.unexplained})"
+            )
+        skipped = ", ".join(f"{code} {n}" for code, n in g.skipped_kinds.items()) or "none"
+        lines.append(f"  records skipped (kind: replicas that logged it, of {g.replica_logs}): {skipped}")
     if report.notes:
         lines += ["", "notes:"] + [f"  {n}" for n in report.notes]
     if report.violations:

@@ -1,8 +1,12 @@
-"""Write the reliability report (markdown plus one PNG per run) from checked chaos run directories."""
+"""Write the reliability report (markdown plus one PNG per run) from checked chaos run directories.
+
+Runs already in the report whose directories are not given again are kept, as they were published, under "Earlier
+runs" (run directories are not kept in the repository, so they cannot be checked again)."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from celery_kafka_beat.chaos.checker import Distribution, GroupResult, Report, check
@@ -11,17 +15,70 @@ from celery_kafka_beat.chaos.checker import Distribution, GroupResult, Report, c
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
-def write_report(run_dirs: list[Path], out_md: Path, image_dir: Path, method: str = "_Method: to be written._") -> None:
-    """Check each run directory and write ``out_md`` with one PNG per run in ``image_dir``."""
+_EARLIER = "## Earlier runs"
+_EARLIER_NOTE = (
+    "As they were published, checked by the checker of their time (see the history of "
+    "`celery_kafka_beat/chaos/checker.py`); their run directories are not kept, so they are not checked again."
+)
+_RUN_HEADING = re.compile(r"^(#{2,3}) Run `([^`]+)`")
+
+
+def write_report(
+    run_dirs: list[Path],
+    out_md: Path,
+    image_dir: Path,
+    method: str = "_Method: to be written._",
+    *,
+    keep_earlier: bool = True,
+) -> None:
+    """Check each run directory and write ``out_md`` with one PNG per run in ``image_dir``. With ``keep_earlier``,
+    the runs of the existing ``out_md`` that are not among ``run_dirs`` follow under "Earlier runs"."""
     image_dir.mkdir(parents=True, exist_ok=True)
     out_md.parent.mkdir(parents=True, exist_ok=True)
+    earlier = earlier_runs(out_md.read_text(encoding="utf-8")) if keep_earlier and out_md.exists() else []
+    names = {d.name for d in run_dirs}
     lines = ["# Reliability", "", method.strip(), ""]
     for run_dir in run_dirs:
         report = check(run_dir)
         png = image_dir / f"{run_dir.name}.png"
         _plot(report, png)
         lines += _run_section(report, os.path.relpath(png, out_md.parent))
+    kept = [(name, section) for name, section in earlier if name not in names]
+    if kept:
+        lines += [_EARLIER, "", _EARLIER_NOTE, ""]
+        for _, section in kept:
+            lines += [*section, ""]
     out_md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+
+
+def earlier_runs(markdown: str) -> list[tuple[str, list[str]]]:
+    """The run sections of a report, in order, as (run name, lines), their headings one level below "Earlier
+    runs" (a run section ends at the next heading of its level or above)."""
+    lines = markdown.splitlines()
+    runs: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(lines):
+        match = _RUN_HEADING.match(lines[i])
+        if match is None:
+            i += 1
+            continue
+        level = len(match.group(1))
+        j = i + 1
+        while j < len(lines) and not _ends_section(lines[j], level):
+            j += 1
+        shift = 3 - level  # "## Run" becomes "### Run", its "### Group" "#### Group"
+        section = [("#" * shift + line) if line.startswith("#") else line for line in lines[i:j]]
+        runs.append((match.group(2), section))
+        i = j
+    for _, section in runs:
+        while section and not section[-1].strip():
+            section.pop()
+    return runs
+
+
+def _ends_section(line: str, level: int) -> bool:
+    heading = re.match(r"^(#+) ", line)
+    return heading is not None and len(heading.group(1)) <= level
 
 
 def verdict(group: GroupResult) -> str:
@@ -86,7 +143,32 @@ def _run_section(report: Report, png_link: str) -> list[str]:
                 "",
             ]
     lines += [
-        "Failover gaps by fault kind (seconds):",
+        "Missing ticks near the faults of each kind, whatever their verdict (in a fault's window, [start - 1 s, end + "
+        "lease + 1 s], for deaf and crash-loop + probation): all of them; those of entries whose owner such a fault "
+        "did not hit (healthy owners); and of those, the ones no other fault of their owner or of the group explains "
+        "(for poison, deaf and crash-loop each of these is a violation):",
+        "",
+        "| group | kind | faults | missing near | of healthy owners | not explained by another fault |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for g in report.groups.values():
+        for kind, near in g.near.items():
+            lines.append(
+                f"| {g.name} | {kind} | {near.faults} | {near.missing} | {near.healthy} | {near.unexplained} |"
+            )
+    lines += [
+        "",
+        "Records the replicas could not use, by kind of problem (how many replica processes logged it; each logs a "
+        "kind once):",
+        "",
+    ]
+    for g in report.groups.values():
+        skipped = ", ".join(f"`{code}` {n}" for code, n in g.skipped_kinds.items()) or "none"
+        lines.append(f"* `{g.name}` ({g.replica_logs} replica processes): {skipped}")
+    lines += [
+        "",
+        "Failover gaps by fault kind (seconds; for poison, delete-records and crash-loop, which move no entry, the "
+        "longest time between two dispatches of an entry while the fault lasted: 1 s is no pause):",
         "",
         "| group | kind | faults | p50 | p99 | max | kept | owned nothing |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

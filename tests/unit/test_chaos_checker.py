@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from celery_kafka_beat.chaos.checker import Report, check, main, percentile, render_text, to_json
+from celery_kafka_beat.chaos.checker import NearStats, Report, check, main, percentile, render_text, to_json
 from celery_kafka_beat.chaos.report import write_report
 
 T0 = 1_795_930_020_000  # window start; the window is 10 s, so an entry every 1 s has 11 ticks
@@ -403,3 +403,204 @@ def test_unknown_policy_in_run_json_is_refused(tmp_path: Path) -> None:
     run = make_run(tmp_path, all_ticks(), delivery="exactly-once")
     assert main([str(run)]) == 2
     assert not (run / "check.json").exists()
+
+
+# --- the fault kinds of issue 12: poison, deaf, crash-loop, delete-records --------------------------------------
+
+
+def loop_fault(n: int, start: int, end: int, incarnations: list[str]) -> list[str]:
+    """A crash loop in slot 4: its end event names the incarnations it started."""
+    target = "g-r4-loop"
+    begin = {"n": n, "kind": "crash-loop", "group": "g", "target": target, "phase": "start", "t": start, "detail": {}}
+    finish = {**begin, "phase": "end", "t": end, "detail": {"nodes": incarnations}}
+    return [json.dumps(begin), json.dumps(finish)]
+
+
+def collapsed_run(path: Path, *faults: str, delivery: str = "at-most-once", skip: Iterable[int] = (4, 5)) -> Report:
+    """Y owns the entry; the ``skip`` ticks are missing and the next one arrived past the grace: 'once' allows them
+    (judged from the arrivals: no sync log)."""
+    skipped = set(skip)
+    after = max(skipped) + 1
+    ticks = [tick(k, node=Y, late=1001 if k == after else 5) for k in range(11) if k not in skipped]
+    return check(make_run(path, ticks, delivery=delivery, catchup="once", faults=faults))
+
+
+def test_poison_deaf_and_crash_loop_cost_a_healthy_owner_nothing_not_even_what_once_allows(tmp_path: Path) -> None:
+    # Without a fault 'once' allows ticks 4 and 5 (collapsed into tick 6)
+    assert collapsed_run(tmp_path / "none").ok
+    # Near a poison burst, a deaf X or a crash loop (which never hit Y), they are losses
+    for kind, faults in [
+        ("poison", fault(1, "poison", "topic:g", T0 + 3500, T0 + 3600)),
+        ("deaf", fault(1, "deaf", X, T0 + 3000, T0 + 3500)),
+        ("crash-loop", loop_fault(1, T0 - 20_000, T0 + 3000, ["g-r4-7", "g-r4-8"])),
+    ]:
+        report = collapsed_run(tmp_path / kind, *faults)
+        only_violation(report, "missing near a fault that must cost them nothing")
+        assert f"({kind} #1 of " in report.violations[0]
+        total = report.groups["g"].total
+        assert (total.missing_once, total.missing_not_allowed, total.missing_near_no_loss_faults) == (0, 2, 2)
+        near = report.groups["g"].near[kind]
+        assert (near.faults, near.missing, near.healthy, near.unexplained) == (1, 2, 2, 2)
+
+
+def test_a_loss_near_a_no_loss_fault_is_allowed_when_another_fault_hit_its_owner(tmp_path: Path) -> None:
+    # Given a deaf X and, at the same time, Y killed: the kill explains Y's ticks (at-most-once, 'once')
+    report = collapsed_run(
+        tmp_path / "kill", *fault(1, "deaf", X, T0 + 3000, T0 + 3500), *fault(2, "kill", Y, T0 + 3600, T0 + 4000)
+    )
+    assert report.ok, report.violations
+    assert report.groups["g"].near["deaf"] == NearStats(faults=1, missing=2, healthy=2, unexplained=0)
+    # A broker fault hits every owner; poison explains nothing
+    broker = fault(2, "broker", "broker:1", T0 + 3600, T0 + 4000, group=None)
+    assert collapsed_run(tmp_path / "broker", *fault(1, "deaf", X, T0 + 3000, T0 + 3500), *broker).ok
+    poison = fault(2, "poison", "topic:g", T0 + 3600, T0 + 3700)
+    assert not collapsed_run(tmp_path / "poison", *fault(1, "deaf", X, T0 + 3000, T0 + 3500), *poison).ok
+
+
+def test_a_deaf_replicas_own_entries_may_lose_ticks_as_under_a_partition(tmp_path: Path) -> None:
+    # The owner Y itself was deaf: its ticks are allowed ('once' collapsed them), and they are not charged
+    report = collapsed_run(tmp_path, *fault(1, "deaf", Y, T0 + 3000, T0 + 3500))
+    assert report.ok, report.violations
+    assert report.groups["g"].near["deaf"] == NearStats(faults=1, missing=2, healthy=0, unexplained=0)
+
+
+def test_the_no_loss_window_of_a_crash_loop_ends_a_lease_a_probation_and_a_second_after_it(tmp_path: Path) -> None:
+    # The loop ends at T0 - 2 s: its window ends at T0 - 2 s + 3 s + 5 s + 1 s = T0 + 7 s (inclusive)
+    loop = loop_fault(1, T0 - 30_000, T0 - 2000, ["g-r4-7"])
+    report = collapsed_run(tmp_path, *loop, skip=(7, 8))
+    only_violation(report, "1795930027000 (crash-loop #1 of g-r4-loop; owner g-r2-1)")
+    total = report.groups["g"].total
+    assert (total.missing_once, total.missing_near_no_loss_faults) == (1, 1)
+
+
+def claim_and_decide_log(path: Path, *, reclaim_at: int) -> None:
+    """X claims e (epoch 2) long before the run, decides ticks 0-3, claims again (epoch 14, landing at T0 +
+    ``reclaim_at``) and decides ticks 4-10 under it."""
+
+    def decide(o: int, at: int, epoch: int, k: int) -> dict[str, object]:
+        return {"o": o, "t": T0 + at, "s": "sx", "k": "decide", "i": [["e", epoch, T0 + k * 1000]]}
+
+    lines: list[dict[str, object]] = [{"o": 0, "t": T0 - 9000, "s": "sx", "k": "hello", "node": X, "lease": 3000}]
+    lines.append({"o": 2, "t": T0 - 8000, "s": "sx", "k": "claim", "e": ["e"]})
+    lines += [decide(10 + k, k * 1000 - 250, 2, k) for k in range(4)]
+    lines.append({"o": 14, "t": T0 + reclaim_at, "s": "sx", "k": "claim", "e": ["e"]})
+    lines += [decide(11 + k, max(reclaim_at + 10, k * 1000 - 250), 14, k) for k in range(4, 11)]
+    (path / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_at_most_once_excuses_a_deaf_replicas_ticks_only_under_claims_it_had_before_it_went_deaf(
+    tmp_path: Path,
+) -> None:
+    deaf = fault(1, "deaf", X, T0 + 3900, T0 + 4500)
+    ticks = [tick(k) for k in range(11) if k != 4]
+    # Given tick 4 decided by X under a claim that landed at T0 + 3.85 s, before X went deaf: allowed
+    run = make_run(tmp_path / "before", ticks, delivery="at-most-once", faults=deaf)
+    claim_and_decide_log(run, reclaim_at=3850)
+    report = check(run)
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_at_most_once == 1
+    # But under a claim that landed after it went deaf (it could not have read it): a loss
+    run = make_run(tmp_path / "after", ticks, delivery="at-most-once", faults=deaf)
+    claim_and_decide_log(run, reclaim_at=3950)
+    only_violation(check(run), "a loss outside the policy: 1795930024000")
+
+
+def test_a_crash_looping_incarnation_that_decided_and_died_is_not_excused(tmp_path: Path) -> None:
+    # Given tick 4 decided by an incarnation of a crash loop (it should never have owned the entry), never published
+    lines: list[dict[str, object]] = [
+        {"o": 0, "t": T0 - 9000, "s": "sx", "k": "hello", "node": X, "lease": 3000},
+        {"o": 1, "t": T0 + 3000, "s": "sz", "k": "hello", "node": "g-r4-7", "lease": 3000},
+        {"o": 2, "t": T0 + 3100, "s": "sz", "k": "decide", "i": [["e", 1, T0 + 4000]]},
+    ]
+    ticks = [tick(k) for k in range(11) if k != 4]
+    run = make_run(tmp_path, ticks, delivery="at-most-once", faults=loop_fault(1, T0 + 2000, T0 + 5000, ["g-r4-7"]))
+    (run / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # Then it is a loss, although the incarnation was SIGKILLed (a crash loop is no unclean fault)
+    report = check(run)
+    assert not report.ok
+    assert report.groups["g"].total.missing_not_allowed == 1
+
+
+def test_no_duplicate_is_excused_by_poison_or_a_crash_loop(tmp_path: Path) -> None:
+    resend = tick(4, node=Y, late=300)
+    for kind, faults in [
+        ("poison", fault(1, "poison", "topic:g", T0 + 4100, T0 + 4200)),
+        ("crash-loop", loop_fault(1, T0 + 3000, T0 + 6000, [X, Y])),  # even naming the senders
+    ]:
+        report = check(make_run(tmp_path / kind, [*all_ticks(), resend], faults=faults))
+        only_violation(report, "no fault of those nodes or the brokers around it")
+
+
+def test_delete_records_hits_every_replica_of_its_group_within_the_window(tmp_path: Path) -> None:
+    # Given X decided every tick; ticks 4 and 8 never published; DeleteRecords at T0 + 3.9 s, answered at + 3.95 s
+    ticks = [tick(k) for k in range(11) if k not in (4, 8)]
+    delete = fault(1, "delete-records", "topic:g", T0 + 3900, T0 + 3950)
+    run = make_run(tmp_path / "amo", ticks, delivery="at-most-once", faults=delete)
+    sync_log(run, {k: (k * 1000 - 250, X) for k in range(11)})
+    report = check(run)
+    # Then tick 4 is allowed (at most once); tick 8 is past end + lease + 1 s = T0 + 7.95 s: a loss
+    only_violation(report, "a loss outside the policy: 1795930028000")
+    assert report.groups["g"].total.missing_at_most_once == 1
+    assert report.groups["g"].fault_counts == {"delete-records": 1}
+    # And in at-least-once mode a re-send of one task id in that window is allowed, one past it is not
+    resends = [tick(4, node=Y, late=300), tick(9, node=Y, late=300)]
+    report = check(make_run(tmp_path / "alo", [*all_ticks(), *resends], faults=delete))
+    only_violation(report, "1795930029000 (2 copies, one task id; nodes g-r1-1, g-r2-1, no fault of those nodes")
+
+
+def test_faults_that_move_no_entry_report_the_longest_silence_of_an_entry(tmp_path: Path) -> None:
+    # Given tick 5 received 500 ms late during a poison burst at T0 + 4.5 s
+    ticks = [tick(k, late=500 if k == 5 else 5) for k in range(11)]
+    report = check(make_run(tmp_path, ticks, faults=fault(1, "poison", "topic:g", T0 + 4500, T0 + 4600)))
+    assert report.ok, report.violations
+    gap = report.groups["g"].fault_gaps[0]
+    assert (gap.kind, gap.owned, gap.gap_ms) == ("poison", 1, 1495)
+
+
+def test_replica_logs_each_kind_of_unusable_record_once_and_never_fail(tmp_path: Path) -> None:
+    def skip_line(offset: int, code: str) -> str:
+        return (
+            f"[2026-12-03 10:00:00,000: WARNING/MainProcess] skipping a record the sync topic holds at offset {offset} "
+            f"that this node cannot use (ForeignRecord: not JSON: ValueError: (x)); further records with this problem "
+            f"({code}) are skipped without a log line\n"
+        )
+
+    run = make_run(tmp_path, all_ticks())
+    (run / "logs").mkdir()
+    (run / "logs" / "g-r0-1.log").write_text(skip_line(5, "not-json") + skip_line(6, "claim:e[]"))
+    (run / "logs" / "g-r1-2.log").write_text(skip_line(7, "not-json"))
+    (run / "logs" / "other-r0-1.log").write_text(skip_line(5, "not-json") * 2)  # another group's
+    report = check(run)
+    assert report.ok, report.violations
+    assert report.groups["g"].skipped_kinds == {"claim:e[]": 1, "not-json": 2}
+    assert report.groups["g"].replica_logs == 2
+    # A kind logged twice by one replica, or a node thread that failed, is a violation
+    with (run / "logs" / "g-r1-2.log").open("a") as log:
+        log.write(skip_line(9, "not-json"))
+        log.write("[...: ERROR/MainProcess] node g-r1-2: unexpected error; restarting from the topic\n")
+    report = check(run)
+    assert report.violations == [
+        "g: logs/g-r1-2.log: records it cannot use logged more than once per kind: ['not-json']",
+        "g: logs/g-r1-2.log: the node's thread failed 1 time(s) (unexpected error)",
+    ]
+
+
+def test_report_keeps_earlier_runs_as_published(tmp_path: Path) -> None:
+    out = tmp_path / "docs" / "reliability.md"
+    out.parent.mkdir()
+    out.write_text(
+        "# Reliability\n\nold method\n\n## Run `old`\n\nSeed 1.\n\n### Group `a`\n\n**PASS**\n\n![old](old.png)\n"
+    )
+    run = make_run(tmp_path / "runs" / "new", all_ticks(), faults=fault(1, "deaf", X, T0 + 4500, T0 + 5000))
+    write_report([run], out, out.parent, method="new method")
+    md = out.read_text()
+    assert md.startswith("# Reliability\n\nnew method\n\n## Run `new`\n")
+    assert "old method" not in md
+    earlier = md.index("## Earlier runs")
+    assert md.index("## Run `new`") < earlier < md.index("### Run `old`") < md.index("#### Group `a`")
+    assert "| g | deaf | 1 | 0 | 0 | 0 |" in md
+    # Writing again keeps it once; giving its run again replaces it
+    write_report([run], out, out.parent, method="new method")
+    assert out.read_text() == md
+    write_report([run], out, out.parent, method="new method", keep_earlier=False)
+    assert "Earlier runs" not in out.read_text()
