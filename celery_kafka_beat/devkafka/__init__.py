@@ -2,7 +2,8 @@
 
 * :func:`assemble` downloads ``org.apache.kafka:kafka_2.13`` and its runtime dependencies with Maven once and
   caches them (see :func:`devkafka_home`).
-* :class:`KafkaCluster` runs a 1- or 3-node KRaft cluster on loopback, with fault injection for tests.
+* :class:`KafkaCluster` runs a 1- or 3-node KRaft cluster on loopback, with fault injection for tests (crashes,
+  pauses, brokers whose wall clock can be stepped, partition leader moves).
 * ``python -m celery_kafka_beat.devkafka {fetch,start,stop,status}`` is the command-line front end.
 
 See docs/devkafka.md.
@@ -16,7 +17,8 @@ from .assembly import (
     assemble,
     devkafka_home,
 )
-from .cluster import KafkaCluster, new_cluster_id
+from .cluster import KafkaCluster, PartitionState, new_cluster_id
+from .faketime import find_libfaketime
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -24,7 +26,9 @@ __all__ = [
     "DevKafkaError",
     "KafkaCluster",
     "KafkaDistribution",
+    "PartitionState",
     "assemble",
     "devkafka_home",
+    "find_libfaketime",
     "new_cluster_id",
 ]

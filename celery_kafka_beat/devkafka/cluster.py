@@ -2,6 +2,10 @@
 
 Broker index ``i`` is also the node's Kafka ``node.id``, so a partition leader id from metadata is directly the
 index to pass to :meth:`KafkaCluster.kill_broker` and friends.
+
+Fault injection: crashes, graceful stops, pauses (signals); brokers whose wall clock a test can step
+(``clock_skewable``, :meth:`KafkaCluster.set_clock_offset`, libfaketime: see ``faketime.py``); moving a partition's
+leader to a chosen broker (:meth:`KafkaCluster.move_leader`).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -18,13 +23,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from .assembly import (
@@ -37,8 +42,17 @@ from .assembly import (
     parse_version,
     tail_text,
 )
+from .faketime import OFFSET_FILE, faketime_env, find_libfaketime, read_offset, remove_shm, write_offset
+from .reassign import alter_partition_reassignment
 
-__all__ = ["DEFAULT_HEAP", "DEFAULT_START_TIMEOUT_S", "DEFAULT_STOP_TIMEOUT_S", "KafkaCluster", "new_cluster_id"]
+__all__ = [
+    "DEFAULT_HEAP",
+    "DEFAULT_START_TIMEOUT_S",
+    "DEFAULT_STOP_TIMEOUT_S",
+    "KafkaCluster",
+    "PartitionState",
+    "new_cluster_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +69,14 @@ _POLL_INTERVAL_S = 0.1
 _METADATA_TIMEOUT_S = 2.0
 # Why 10 s: leftover clusters at interpreter exit are throwaway; don't hold up exit for long.
 _ATEXIT_STOP_TIMEOUT_S = 10.0
+# Why 30 s: a leader move takes 0.1-0.3 s here (reassignment, election, metadata); a broker that just restarted
+# first has to catch up into the in-sync replicas.
+DEFAULT_MOVE_TIMEOUT_S = 30.0
+# Why 0.05 s: how often a leader move re-reads metadata; it completes within a few polls.
+_MOVE_POLL_S = 0.05
+# Why 5: each attempt (a graceful restart of the quorum leader) hands the KRaft leadership to another voter; two
+# attempts suffice unless brokers keep failing.
+_QUORUM_MOVE_ATTEMPTS = 5
 
 # JVM options besides heap and classpath; measured on 2 cores (1-node start to ready, RSS after start):
 # default G1 + tiered ~1.8 s / ~245 MB; these ~1.35 s / ~205 MB.
@@ -159,6 +181,7 @@ class _Node:
     paused: bool = False
     client_ports: list[tuple[int, int]] = field(default_factory=list)  # (listen, advertised) per client listener
     log_start: int = 0  # size of server.log when the current JVM started (the log spans restarts)
+    faketime_pids: list[int] = field(default_factory=list)  # JVMs started under libfaketime, not yet cleaned up
 
     @property
     def props_path(self) -> Path:
@@ -171,6 +194,20 @@ class _Node:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def offset_file(self) -> Path:
+        return self.directory / OFFSET_FILE
+
+
+class PartitionState(NamedTuple):
+    """A partition as the cluster metadata describes it (broker indexes)."""
+
+    leader: int
+    """-1 while the partition has none."""
+    replicas: tuple[int, ...]
+    """In preference order: the first is the preferred leader."""
+    isr: tuple[int, ...]
 
 
 class KafkaCluster:
@@ -194,6 +231,8 @@ class KafkaCluster:
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
         detach: bool = False,
         keep_workdir: bool = False,
+        clock_skewable: Iterable[int] = (),
+        broker_env: Mapping[int, Mapping[str, str]] | None = None,
     ) -> None:
         """Describe a cluster; nothing runs until :meth:`start`.
 
@@ -204,6 +243,10 @@ class KafkaCluster:
         port that nothing listens on: a proxy put there (see :meth:`client_listener`) carries all traffic of the
         clients that bootstrap through listener ``k``'s advertised ports (:meth:`bootstrap_via`), metadata
         included, so cutting that proxy cuts exactly those clients off (the chaos harness's network partition).
+        ``clock_skewable``: indexes of brokers whose wall clock :meth:`set_clock_offset` can step at runtime (their
+        JVMs run under libfaketime, which :meth:`start` requires; offset 0 until set). :meth:`start` keeps the KRaft
+        quorum leadership off these brokers while another can hold it.
+        ``broker_env``: extra environment variables per broker index, for its JVMs (added last).
         """
         if nodes not in (1, 3):
             raise ValueError(f"nodes must be 1 or 3, not {nodes!r}")
@@ -213,6 +256,11 @@ class KafkaCluster:
             raise ValueError(f"client_listeners must not be negative, not {client_listeners!r}")
         if broker_session_timeout_ms is not None and broker_session_timeout_ms < 300:
             raise ValueError("broker_session_timeout_ms must be at least 300")
+        skewable = tuple(sorted(set(clock_skewable)))
+        env = {i: dict(extra) for i, extra in (broker_env or {}).items()}
+        for i in (*skewable, *env):
+            if not (isinstance(i, int) and 0 <= i < nodes):
+                raise ValueError(f"broker index {i!r} in clock_skewable or broker_env: must be in 0..{nodes - 1}")
         parse_version(version)
         self.nodes = nodes
         self.version = version
@@ -223,6 +271,8 @@ class KafkaCluster:
         self.start_timeout = start_timeout
         self.detach = detach
         self.keep_workdir = keep_workdir
+        self.clock_skewable = skewable
+        self.broker_env = env
         self.cluster_id = new_cluster_id()
         self._workdir = Path(workdir).resolve() if workdir is not None else None
         self._owns_workdir = workdir is None
@@ -230,6 +280,8 @@ class KafkaCluster:
         self._dist: KafkaDistribution | None = None
         self._java = ""
         self._log_args: list[str] = []
+        self._libfaketime: Path | None = None
+        self._admin: AdminClient | None = None
         self._state = "new"
 
     # ----------------------------------------------------------------------------------------------- lifecycle
@@ -238,6 +290,8 @@ class KafkaCluster:
         """Assemble (if needed), format storage, start every node and wait until all brokers are listed."""
         if self._state != "new":
             raise DevKafkaError(f"this KafkaCluster was already started (state {self._state}); make a new one")
+        if self.clock_skewable:  # before any download: a missing package should fail at once
+            self._libfaketime = find_libfaketime()
         self._dist = assemble(self.version)
         self._java = find_java()
         deadline = time.monotonic() + self.start_timeout
@@ -258,10 +312,13 @@ class KafkaCluster:
             for node in self._nodes:
                 node.directory.mkdir()
                 node.props_path.write_text(self._render_properties(node), encoding="utf-8")
+                if node.index in self.clock_skewable:
+                    write_offset(node.offset_file, 0)
             self._format(deadline)
             for node in self._nodes:
                 self._launch(node)
             self._wait_listed(range(self.nodes), deadline, "start")
+            self._keep_quorum_leader_off(self.clock_skewable, deadline)
         except BaseException:
             self._kill_all()
             raise
@@ -291,6 +348,8 @@ class KafkaCluster:
         deadline = time.monotonic() + timeout
         for node in running:
             self._reap(node, deadline)
+        for node in self._nodes:
+            self._remove_faketime_files(node)
         self._state = "stopped"
         _RUNNING.discard(self)
         if self._owns_workdir and not self.keep_workdir and self._workdir is not None:
@@ -388,6 +447,7 @@ class KafkaCluster:
             node.process.kill()
             node.process.wait()
         node.paused = False
+        self._remove_faketime_files(node)
 
     def stop_broker(self, i: int, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Gracefully stop broker ``i`` (SIGTERM, SIGKILL after ``timeout`` seconds)."""
@@ -429,6 +489,80 @@ class KafkaCluster:
             self.kill_broker(i)
             raise
 
+    def set_clock_offset(self, i: int, seconds: float) -> None:
+        """Step broker ``i``'s wall clock to ``seconds`` (whole seconds) off the real time; 0 sets it right again.
+
+        The broker must be in ``clock_skewable``. It reads the new offset on its next clock call (records it appends
+        from then on carry the stepped ``LogAppendTime``); its monotonic clock is untouched. The offset survives
+        :meth:`restart_broker`. Whole seconds because libfaketime parses fractions by the JVM's locale.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not float(seconds).is_integer():
+            raise ValueError(f"clock offset must be whole seconds, not {seconds!r}")
+        write_offset(self._skewable_node(i).offset_file, int(seconds))
+
+    def clock_offset(self, i: int) -> int:
+        """The wall-clock offset (seconds) broker ``i`` runs with; it must be in ``clock_skewable``."""
+        return read_offset(self._skewable_node(i).offset_file)
+
+    def partition_state(self, topic: str, partition: int = 0) -> PartitionState:
+        """Leader, replicas (preferred first) and in-sync replicas of a partition, from the cluster metadata."""
+        metadata = self._admin_client().list_topics(topic, timeout=_METADATA_TIMEOUT_S)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            raise DevKafkaError(f"topic {topic}: {'not in metadata' if described is None else described.error}")
+        part = described.partitions.get(partition)
+        if part is None:
+            raise DevKafkaError(f"topic {topic} has no partition {partition}")
+        return PartitionState(part.leader, tuple(part.replicas), tuple(part.isrs))
+
+    def move_leader(self, topic: str, partition: int, broker: int, timeout: float = DEFAULT_MOVE_TIMEOUT_S) -> None:
+        """Make broker ``broker`` the leader of ``topic``-``partition`` and return once the metadata says so.
+
+        The replicas stay the same; ``broker`` is put first in their order (a reassignment that moves no data, so
+        it is also the preferred leader from now on and Kafka's automatic rebalancing keeps it there), then a
+        preferred leader election runs once it is in sync. Takes 0.15-0.6 s here.
+        """
+        self._node(broker)
+        deadline = time.monotonic() + timeout
+        state = self.partition_state(topic, partition)
+        if state.leader == broker and state.replicas[:1] == (broker,):
+            return
+        if broker not in state.replicas:
+            raise DevKafkaError(f"broker {broker} holds no replica of {topic}-{partition} (replicas {state.replicas})")
+        order = [broker, *(r for r in state.replicas if r != broker)]
+        if list(state.replicas) != order:
+            reachable = [n for n in self._nodes if n.running and not n.paused]
+            bootstrap = ",".join(f"127.0.0.1:{n.port}" for n in reachable) or self.bootstrap_servers
+            alter_partition_reassignment(bootstrap, topic, partition, order, timeout_ms=int(timeout * 1000))
+        tp = TopicPartition(topic, partition)
+        last_error = "no election yet"
+        while True:
+            try:
+                state = self.partition_state(topic, partition)
+            except (DevKafkaError, KafkaException) as exc:  # a broker restarting: metadata briefly unavailable
+                last_error = str(exc)
+            else:
+                if state.leader == broker:
+                    return
+                if state.replicas[:1] == (broker,) and broker in state.isr:
+                    last_error = self._elect_preferred(tp)
+                else:
+                    last_error = f"waiting for broker {broker} first in the replicas and in sync: {state}"
+            if time.monotonic() >= deadline:
+                raise DevKafkaError(
+                    f"broker {broker} did not become the leader of {topic}-{partition} within {timeout:.0f} s "
+                    f"({last_error})"
+                )
+            time.sleep(_MOVE_POLL_S)
+
+    def quorum_leader(self) -> int | None:
+        """Index of the broker leading the KRaft controller quorum (the active controller), or None if unknown.
+
+        From the nodes' ``quorum-state`` files, which each voter rewrites on every election (KRaft's metadata
+        responses name a random broker as the "controller", not the active one).
+        """
+        return self._quorum_state()[0]
+
     # ---------------------------------------------------------------------------------------------- internals
 
     def _node(self, i: int) -> _Node:
@@ -441,6 +575,100 @@ class KafkaCluster:
         if not self._nodes:
             raise DevKafkaError("cluster not started yet")
         return self._nodes
+
+    def _skewable_node(self, i: int) -> _Node:
+        node = self._node(i)
+        if i not in self.clock_skewable:
+            raise DevKafkaError(
+                f"broker {i} has no steppable clock: pass clock_skewable=({i},) to KafkaCluster "
+                f"(clock_skewable={self.clock_skewable})"
+            )
+        return node
+
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(
+                {
+                    "bootstrap.servers": self.bootstrap_servers,
+                    "reconnect.backoff.ms": 50,
+                    "reconnect.backoff.max.ms": 500,
+                    # A broker killed by a test refuses connections; that is expected, not worth stderr lines.
+                    "log_level": 0,
+                }
+            )
+        return self._admin
+
+    def _elect_preferred(self, tp: TopicPartition) -> str:
+        """Run a preferred leader election for ``tp``; return what happened (for a timeout message)."""
+        try:
+            from confluent_kafka import ElectionType  # noqa: PLC0415 (confluent-kafka 2.6+; the rest needs 2.3)
+        except ImportError as exc:
+            raise DevKafkaError("move_leader needs confluent-kafka 2.6 or later (AdminClient.elect_leaders)") from exc
+        try:
+            result = self._admin_client().elect_leaders(ElectionType.PREFERRED, [tp]).result(timeout=10)
+        except KafkaException as exc:
+            return f"election failed: {exc}"
+        error: KafkaError | None = result.get(tp)
+        if error is None or error.code() == KafkaError.ELECTION_NOT_NEEDED:
+            return "elected; waiting for the metadata"
+        return f"election failed: {error}"
+
+    def _quorum_state(self) -> tuple[int | None, int]:
+        """(leader index or None, epoch) of the KRaft quorum: the newest epoch any node has recorded."""
+        best: tuple[int | None, int] = (None, -1)
+        for node in self._nodes:
+            path = node.directory / "data" / "__cluster_metadata-0" / "quorum-state"
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+                leader, epoch = int(state.get("leaderId", -1)), int(state.get("leaderEpoch", -1))
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+            if leader >= 0 and epoch > best[1]:
+                best = (leader, epoch)
+        return best
+
+    def _keep_quorum_leader_off(self, brokers: Sequence[int], deadline: float) -> None:
+        """While one of ``brokers`` leads the KRaft quorum, restart it gracefully (it resigns, another voter takes
+        over). Why: a controller whose wall clock steps forward sees its followers' fetch deadlines pass and
+        resigns: a controller election, and errors for the brokers' heartbeats while it settles."""
+        if not brokers or len(brokers) >= self.nodes:
+            return
+        for _ in range(_QUORUM_MOVE_ATTEMPTS):
+            leader, epoch = self._wait_quorum_leader(-1, deadline)
+            if leader not in brokers:
+                return
+            log.info("broker %d leads the KRaft quorum; restarting it so that a broker with a true clock does", leader)
+            self.restart_broker(leader, timeout=max(1.0, deadline - time.monotonic()))
+            self._wait_quorum_leader(epoch, deadline)
+        raise DevKafkaError(f"the KRaft quorum leadership stayed on brokers {list(brokers)}")
+
+    def _wait_quorum_leader(self, newer_than: int, deadline: float) -> tuple[int, int]:
+        while True:
+            leader, epoch = self._quorum_state()
+            if leader is not None and epoch > newer_than:
+                return leader, epoch
+            if time.monotonic() >= deadline:
+                raise DevKafkaError(f"no KRaft quorum leader with an epoch above {newer_than} in time")
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _node_env(self, node: _Node, *, broker: bool) -> dict[str, str] | None:
+        """The environment of node ``node``'s JVMs, or None to inherit this process's unchanged."""
+        extra = self.broker_env.get(node.index, {})
+        faked = broker and node.index in self.clock_skewable
+        if not extra and not faked:
+            return None
+        env = dict(os.environ)
+        if faked:
+            assert self._libfaketime is not None
+            env = faketime_env(self._libfaketime, node.offset_file, env)
+        return env | extra
+
+    def _remove_faketime_files(self, node: _Node) -> None:
+        """Forget the node's exited JVMs that ran under libfaketime, deleting what they left in /dev/shm."""
+        current = node.process.pid if node.process is not None and node.running else None
+        for pid in [p for p in node.faketime_pids if p != current]:
+            remove_shm(pid)
+            node.faketime_pids.remove(pid)
 
     def _make_workdir(self) -> Path:
         if self._workdir is None:
@@ -512,7 +740,7 @@ class KafkaCluster:
         assert self._dist is not None
         return [self._java, *heap_args, *JVM_FLAGS, *self._log_args, "-cp", self._dist.classpath, *args]
 
-    def _popen(self, node: _Node, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _popen(self, node: _Node, cmd: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         with node.log_path.open("ab") as out:
             node.log_start = out.tell()
             return subprocess.Popen(
@@ -524,6 +752,7 @@ class KafkaCluster:
                 # Own session: a Ctrl-C in the terminal reaches only Python, which then stops brokers in order
                 # (and detached CLI brokers survive the CLI's exit).
                 start_new_session=True,
+                env=None if env is None else dict(env),
             )
 
     def _format(self, deadline: float) -> None:
@@ -542,6 +771,7 @@ class KafkaCluster:
                         "-c",
                         str(node.props_path),
                     ),
+                    self._node_env(node, broker=False),
                 ),
             )
             for node in self._nodes
@@ -562,8 +792,12 @@ class KafkaCluster:
 
     def _launch(self, node: _Node) -> None:
         heap = [f"-Xmx{self.heap}", f"-Xms{self.heap}"]
-        node.process = self._popen(node, self._java_cmd(heap, "kafka.Kafka", str(node.props_path)))
+        self._remove_faketime_files(node)  # of a JVM that exited by itself
+        env = self._node_env(node, broker=True)
+        node.process = self._popen(node, self._java_cmd(heap, "kafka.Kafka", str(node.props_path)), env)
         node.paused = False
+        if node.index in self.clock_skewable:
+            node.faketime_pids.append(node.process.pid)
 
     def _error(self, node: _Node, what: str, *, exited: bool = True) -> DevKafkaError:
         """DevKafkaError naming the cause (for an exited JVM, its last line if nothing better) and log tail."""
@@ -648,6 +882,7 @@ class KafkaCluster:
             log.warning("Kafka node %d did not stop in time; killing it", node.index)
             node.process.kill()
             node.process.wait()
+        self._remove_faketime_files(node)
 
     def _kill_all(self) -> None:
         """After a failed start: kill what runs, keep the workdir (its logs explain the failure)."""
@@ -655,6 +890,7 @@ class KafkaCluster:
             if node.process is not None and node.running:
                 node.process.kill()
                 node.process.wait()
+            self._remove_faketime_files(node)
         self._state = "stopped"
         _RUNNING.discard(self)
 
