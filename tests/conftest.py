@@ -4,6 +4,9 @@
   existing cluster named by ``$CKB_KAFKA_BOOTSTRAP``. Fails (never skips) when Kafka is unavailable.
 * ``kafka_cluster3`` (session): a 3-node :class:`KafkaCluster`, started only if a test requests it. Tests that
   kill, stop or pause brokers must bring them back (``restart_broker`` / ``resume_broker``) before returning.
+* ``kafka_cluster3_skewable`` (session): another 3-node cluster whose broker ``SKEWABLE_BROKER`` (2) runs under
+  libfaketime, for broker clock steps. Tests must set its clock offset back to 0 and move the leaders they moved
+  onto it away again before returning. Fails (never skips) when libfaketime is not installed.
 * ``admin`` (session): an ``AdminClient`` on ``kafka_bootstrap``.
 * ``topic_name`` (function): a unique topic name (the topic is not created).
 * ``redis_url`` (session): a Celery broker URL of a Redis server started for the session from the system's
@@ -33,6 +36,13 @@ REDIS_ENV = "CKB_REDIS_URL"
 # Why 3 s (default 9 s): after a broker crash the controller fences it and moves leadership once this expires;
 # fault tests then wait ~3 s instead of ~9 s.
 CLUSTER3_SESSION_TIMEOUT_MS = 3000
+#: The broker of ``kafka_cluster3_skewable`` whose wall clock tests step (the KRaft quorum leader is another one).
+SKEWABLE_BROKER = 2
+# Why 100 ms (default 1 s): after a leader election the followers wait this long before they fetch from the new
+# leader, and an acks=all append waits for them: with the default, every leader move held appends for 1.0-2.2 s
+# (measured), close enough to a 3 s lease to end the replicas' sessions. Clock-step tests move leaders to step the
+# clock; with 100 ms a move holds appends for 0.15-0.6 s.
+SKEWABLE_CLUSTER_PROPS = {"replica.fetch.backoff.ms": 100}
 # Why 15 s: an existing cluster on loopback/LAN answers metadata in milliseconds; a slow remote one still fits.
 _EXISTING_CLUSTER_TIMEOUT_S = 15.0
 
@@ -67,6 +77,18 @@ def kafka_bootstrap() -> Iterator[str]:
 def kafka_cluster3() -> Iterator[KafkaCluster]:
     """A 3-node cluster (RF 3, min ISR 2) with fast broker fencing, for fault-injection tests."""
     with KafkaCluster(nodes=3, broker_session_timeout_ms=CLUSTER3_SESSION_TIMEOUT_MS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster3_skewable() -> Iterator[KafkaCluster]:
+    """A 3-node cluster like ``kafka_cluster3`` whose broker ``SKEWABLE_BROKER`` has a steppable wall clock."""
+    with KafkaCluster(
+        nodes=3,
+        broker_session_timeout_ms=CLUSTER3_SESSION_TIMEOUT_MS,
+        clock_skewable=(SKEWABLE_BROKER,),
+        extra_props=SKEWABLE_CLUSTER_PROPS,
+    ) as cluster:  # a DevKafkaError here (no libfaketime) errors every test that uses it: intended
         yield cluster
 
 

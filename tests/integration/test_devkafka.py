@@ -1,4 +1,5 @@
-"""celery_kafka_beat.devkafka against real brokers: topics, idempotent produce, failover, start errors, CLI."""
+"""celery_kafka_beat.devkafka against real brokers: topics, idempotent produce, failover, start errors, CLI, broker
+clock steps (libfaketime) and partition leader moves."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from confluent_kafka import (
 # The admin classes are documented there but not re-exported in a way mypy's strict mode accepts.
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
-from celery_kafka_beat.devkafka import DEFAULT_KAFKA_VERSION, DevKafkaError, KafkaCluster, assemble
+from celery_kafka_beat.devkafka import DEFAULT_KAFKA_VERSION, DevKafkaError, KafkaCluster, assemble, faketime
 from celery_kafka_beat.devkafka.assembly import find_java
+from celery_kafka_beat.devkafka.reassign import decode_response, encode_request
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Why 60 s: generous bound for admin/produce/consume round trips that take milliseconds on loopback, and
@@ -334,3 +336,196 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "devkafka: error: unsupported Kafka version '2.8.0': expected X.Y.Z with X >= 3 (tested: 4.1.1, 3.9.1)"
     ]
+
+
+# ------------------------------------------------------------------------ clock steps and leader moves
+
+
+def broker_environ(cluster: KafkaCluster, i: int) -> dict[str, str]:
+    """The environment broker ``i``'s JVM runs with (from /proc)."""
+    pid = cluster.broker_pid(i)
+    assert pid is not None, f"broker {i} is not running"
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def faketime_shm(pids: list[int]) -> list[str]:
+    """What libfaketime keeps in /dev/shm for these processes."""
+    names = {f"faketime_shm_{pid}" for pid in pids} | {f"sem.faketime_sem_{pid}" for pid in pids}
+    return sorted(names & set(os.listdir("/dev/shm")))
+
+
+def append_time_offset(bootstrap: str, topic: str, value: str) -> float:
+    """Produce ``value`` and return its LogAppendTime minus this host's time when it was sent (seconds)."""
+    sent = time.time()
+    (report,) = produce(bootstrap, topic, [value])
+    kind, stamp = report.timestamp()
+    assert kind == TIMESTAMP_LOG_APPEND_TIME
+    return float(stamp / 1000 - sent)
+
+
+def test_reassignment_request_bytes_and_errors() -> None:
+    frame = encode_request("t", 0, [2, 0, 1], 30000, correlation_id=7)
+    client = b"celery-kafka-beat-devkafka"
+    header = b"\x00\x2d" + b"\x00\x00" + b"\x00\x00\x00\x07" + len(client).to_bytes(2, "big") + client + b"\x00"
+    body = (
+        (30000).to_bytes(4, "big")  # timeout_ms
+        + b"\x02"  # one topic (compact array: length + 1)
+        + b"\x02t"  # its name (compact string)
+        + b"\x02"  # one partition
+        + b"\x00\x00\x00\x00"  # partition 0
+        + b"\x04"  # three replicas
+        + b"\x00\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x01"
+        + b"\x00\x00\x00"  # no tagged fields in the partition, the topic and the request
+    )
+    assert frame == (len(header) + len(body)).to_bytes(4, "big") + header + body
+    cancel = encode_request("t", 0, None, 1000, 1)
+    assert cancel.endswith(b"\x02t\x02" + b"\x00\x00\x00\x00" + b"\x00" + b"\x00\x00\x00")  # replicas: null
+
+    def response(code: int, message: bytes | None, partition_code: int) -> bytes:
+        msg = b"\x00" if message is None else bytes([len(message) + 1]) + message
+        return (
+            b"\x00\x00\x00\x07"  # correlation id
+            + b"\x00"  # header tagged fields
+            + b"\x00\x00\x00\x00"  # throttle
+            + code.to_bytes(2, "big")
+            + msg
+            + b"\x02"  # one topic
+            + b"\x02t"
+            + b"\x02"  # one partition
+            + b"\x00\x00\x00\x00"
+            + partition_code.to_bytes(2, "big")
+            + b"\x00"  # its message: null
+            + b"\x00\x00\x00"  # tagged fields: partition, topic, response
+        )
+
+    decode_response(response(0, None, 0), 7)
+    with pytest.raises(DevKafkaError, match=r"of t-0 failed: UNKNOWN_TOPIC_OR_PART \(error code 3\)"):
+        decode_response(response(0, None, 3), 7)
+    with pytest.raises(DevKafkaError, match=r"request failed: CLUSTER_AUTHORIZATION_FAILED .*: denied"):
+        decode_response(response(31, b"denied", 0), 7)
+    with pytest.raises(DevKafkaError, match="response to request 7, expected 8"):
+        decode_response(response(0, None, 0), 8)
+
+
+def test_missing_libfaketime_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(faketime.LIBFAKETIME_ENV, raising=False)
+    monkeypatch.setattr(faketime, "LIBFAKETIME_GLOBS", (str(tmp_path / "nowhere" / "libfaketimeMT.so.1"),))
+    cluster = KafkaCluster(nodes=1, workdir=tmp_path / "cluster", clock_skewable=(0,))
+    with pytest.raises(DevKafkaError, match=r"libfaketime not found .*: apt-get install libfaketime"):
+        cluster.start()
+    assert not (tmp_path / "cluster").exists()  # failed before creating anything
+    monkeypatch.setenv(faketime.LIBFAKETIME_ENV, str(tmp_path / "libfaketimeMT.so.1"))
+    with pytest.raises(DevKafkaError, match=r"\$CKB_LIBFAKETIME=.*: no such file"):
+        faketime.find_libfaketime()
+    with pytest.raises(ValueError, match=r"must be in 0\.\.2"):
+        KafkaCluster(nodes=3, clock_skewable=(3,))
+    with pytest.raises(ValueError, match=r"must be in 0\.\.0"):
+        KafkaCluster(nodes=1, broker_env={1: {"X": "y"}})
+
+
+@pytest.mark.kafka
+def test_clock_offset_env_restart_and_shm_cleanup(topic_name: str) -> None:
+    """One broker under libfaketime: its LogAppendTime follows set_clock_offset at once, a crash and a restart keep
+    the environment and the offset, and nothing of libfaketime's stays in /dev/shm."""
+    pids: list[int] = []
+    with KafkaCluster(
+        nodes=1, broker_session_timeout_ms=3000, clock_skewable=(0,), broker_env={0: {"CKB_DEVKAFKA_TEST": "yes"}}
+    ) as cluster:
+        bootstrap = cluster.bootstrap_servers
+        env = broker_environ(cluster, 0)
+        assert Path(env["LD_PRELOAD"].split(":")[0]).name == "libfaketimeMT.so.1"
+        assert env["FAKETIME_TIMESTAMP_FILE"] == str(cluster.workdir / "node-0" / "faketime.rc")
+        assert env["FAKETIME_DONT_FAKE_MONOTONIC"] == "1"
+        assert env["CKB_DEVKAFKA_TEST"] == "yes"
+        assert cluster.clock_offset(0) == 0
+        create_topic(
+            AdminClient({"bootstrap.servers": bootstrap}), topic_name, {"message.timestamp.type": "LogAppendTime"}
+        )
+        assert abs(append_time_offset(bootstrap, topic_name, "true")) < 5
+
+        cluster.set_clock_offset(0, 60)
+        assert cluster.clock_offset(0) == 60
+        assert abs(append_time_offset(bootstrap, topic_name, "ahead") - 60) < 5
+        cluster.set_clock_offset(0, -60.0)
+        assert abs(append_time_offset(bootstrap, topic_name, "behind") + 60) < 5
+
+        pid = cluster.broker_pid(0)
+        assert pid is not None
+        pids.append(pid)
+        wait_until(lambda: bool(faketime_shm([pid])), "libfaketime's files of the running broker")
+        cluster.kill_broker(0)  # SIGKILL: libfaketime cannot remove its files itself
+        assert faketime_shm([pid]) == []
+        cluster.restart_broker(0)
+        new_pid = cluster.broker_pid(0)
+        assert new_pid is not None
+        pids.append(new_pid)
+        assert broker_environ(cluster, 0)["FAKETIME_TIMESTAMP_FILE"] == env["FAKETIME_TIMESTAMP_FILE"]
+        assert cluster.clock_offset(0) == -60
+        assert abs(append_time_offset(bootstrap, topic_name, "behind again") + 60) < 5
+
+        with pytest.raises(ValueError, match="whole seconds"):
+            cluster.set_clock_offset(0, 1.5)
+        cluster.set_clock_offset(0, 0)
+        assert abs(append_time_offset(bootstrap, topic_name, "true again")) < 5
+    assert faketime_shm(pids) == []
+
+
+@pytest.mark.kafka3
+def test_move_leader_and_quorum_leader(kafka_cluster3: KafkaCluster, topic_name: str) -> None:
+    cluster = kafka_cluster3
+    bootstrap = cluster.bootstrap_servers
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    create_topic(admin, topic_name, {"message.timestamp.type": "LogAppendTime"}, replication_factor=3)
+    wait_until(lambda: len(cluster.partition_state(topic_name).isr) == 3, "all 3 replicas in sync")
+    assert cluster.quorum_leader() in range(3)
+    with pytest.raises(DevKafkaError, match="broker 0 has no steppable clock"):
+        cluster.set_clock_offset(0, 60)
+
+    start = cluster.partition_state(topic_name).leader
+    for target in [b for b in range(3) if b != start] + [start]:
+        began = time.monotonic()
+        cluster.move_leader(topic_name, 0, target)
+        took = time.monotonic() - began
+        state = cluster.partition_state(topic_name)
+        assert state.leader == target
+        assert state.replicas[0] == target  # also the preferred leader now
+        assert sorted(state.replicas) == [0, 1, 2]
+        print(f"\nleader moved to broker {target} in {took:.2f} s")
+        produce(bootstrap, topic_name, [f"led by {target}"])
+    cluster.move_leader(topic_name, 0, start)  # already there: nothing to do
+    order = [b for b in range(3) if b != start] + [start]
+    assert values_of(consume_all(bootstrap, topic_name, 3)) == [f"led by {b}" for b in order]
+
+    lonely = f"{topic_name}-rf1"
+    admin.create_topics([NewTopic(lonely, num_partitions=1, replica_assignment=[[1]])])[lonely].result(
+        timeout=EVENT_TIMEOUT_S
+    )
+    wait_until(lambda: cluster.partition_state(lonely).leader == 1, "the single replica leading")
+    with pytest.raises(DevKafkaError, match=r"broker 0 holds no replica of .*-rf1-0 \(replicas \(1,\)\)"):
+        cluster.move_leader(lonely, 0, 0)
+
+
+@pytest.mark.kafka3
+def test_log_append_time_follows_the_leaders_clock(kafka_cluster3_skewable: KafkaCluster, topic_name: str) -> None:
+    """The clock step as the clock-step tests make it: only records the skewed broker appends as leader move."""
+    cluster = kafka_cluster3_skewable
+    skewed = cluster.clock_skewable[0]
+    true = next(b for b in range(3) if b not in cluster.clock_skewable)
+    assert cluster.quorum_leader() not in (None, skewed)  # start() keeps the controller on a true clock
+    bootstrap = cluster.bootstrap_servers
+    create_topic(AdminClient({"bootstrap.servers": bootstrap}), topic_name, {"message.timestamp.type": "LogAppendTime"})
+    wait_until(lambda: len(cluster.partition_state(topic_name).isr) == 3, "all 3 replicas in sync")
+    cluster.move_leader(topic_name, 0, true)
+    try:
+        cluster.set_clock_offset(skewed, 60)
+        assert abs(append_time_offset(bootstrap, topic_name, "follower skewed")) < 5
+        cluster.move_leader(topic_name, 0, skewed)
+        assert abs(append_time_offset(bootstrap, topic_name, "leader ahead") - 60) < 5
+        cluster.set_clock_offset(skewed, -60)
+        assert abs(append_time_offset(bootstrap, topic_name, "leader behind") + 60) < 5
+        cluster.move_leader(topic_name, 0, true)
+        assert abs(append_time_offset(bootstrap, topic_name, "leader true again")) < 5
+    finally:
+        cluster.set_clock_offset(skewed, 0)
+        cluster.move_leader(topic_name, 0, true)
