@@ -60,20 +60,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 METHOD = """\
-Written by `python -m celery_kafka_beat.chaos run --seed SEED --minutes M --report docs/reliability.md` (one run,
-both delivery modes side by side), here `--seed 2026 --minutes 30` (groups `alo,amo`) and `--seed 2027 --minutes 30
---groups alo,amo,alo-once`, then `python -m celery_kafka_beat.chaos report RUN_DIR... --out docs/reliability.md`.
-The checker alone: `python -m celery_kafka_beat.chaos check RUN_DIR`. The short run in the default test suite is
-`tests/chaos/test_chaos.py` (every fault kind once, both modes).
+Written by `python -m celery_kafka_beat.chaos run --seed SEED --minutes 30 --groups alo,amo,alo-once --report
+docs/reliability.md` (one run, its groups side by side; each run's seed is in its section): protocol 2 with the
+fault kinds of issue 12 (poison records, a replica that can write but not read, a crash-looping joiner, an
+operator's DeleteRecords) besides the earlier ones. The runs of protocol 1 (seeds 2026 and 2027) follow under
+"Earlier runs" as they were published. `python -m celery_kafka_beat.chaos report RUN_DIR... --out
+docs/reliability.md` writes the page from run directories; the checker alone is `python -m celery_kafka_beat.chaos
+check RUN_DIR`. The short run in the default test suite is `tests/chaos/test_chaos.py` (every fault kind once, both
+delivery modes).
 
 **Set-up.** A 3-broker Kafka cluster (KRaft, jars from Maven Central, `broker.session.timeout.ms` 4 s, topic
 replication factor 3, `min.insync.replicas` 2), a Redis as the Celery broker and, per group, 3 replicas of `celery
-beat -S kafka` running `celery_kafka_beat/chaos/app.py` with 19 interval entries (16 every second, 2 every 2 s, 1
-every 5 s), lease 3 s, decision lead 0.25 s. The groups differ in delivery mode and catch-up policy (`--groups`):
-`alo` is at-least-once with catch-up `all` (it may lose nothing), `amo` at-most-once with `once` (it may duplicate
-nothing), `alo-once` the user-facing defaults (at-least-once, `once`), `amo-all` at-most-once with `all`. Each
-replica reaches Kafka only through its own TCP proxies (one per broker, on the ports the brokers advertise for that
-replica's listener), so the harness can cut one replica off from Kafka while it still reaches Redis. A recorder
+beat -S celery_kafka_beat.chaos.app:ChaosScheduler` (`KafkaScheduler` whose consumer reaches Kafka through proxies of
+its own) with 19 interval entries (16 every second, 2 every 2 s, 1 every 5 s), lease 3 s, decision lead 0.25 s,
+probation 5 s. The groups differ in delivery mode and catch-up policy (`--groups`): `alo` is at-least-once with
+catch-up `all` (it may lose nothing), `amo` at-most-once with `once` (it may duplicate nothing), `alo-once` the
+user-facing defaults (at-least-once, `once`), `amo-all` at-most-once with `all`. Each replica reaches Kafka only
+through TCP proxies, one per broker on the ports the brokers advertise for that replica's listener, and two sets of
+them: one for its consumer, one for its producer and admin client. Cutting both cuts the replica off from Kafka
+while it still reaches Redis; cutting the consumer's alone makes a replica that can write but not read. A recorder
 consumes every task message from Redis and logs entry, tick, task id, node, epoch and when it arrived.
 
 **Faults.** The plan comes from the seed (printed at the start, kept in `plan.json`): every kind once, then kinds
@@ -81,30 +86,45 @@ drawn by weight, one every 4-10 s, overlapping when their durations do. Kinds: S
 0.5-6 s later; SIGTERM and restart; SIGSTOP for 1.3-3 leases, then SIGCONT (the zombie owner); a network partition
 from Kafka for 0.5-3 leases (bytes in flight are held and delivered after the heal: late zombie writes); SIGKILL of
 a broker (60 % the partition leader of the sync topic) and restart 2-10 s later; a restart with the wall clock 1-15
-minutes off (Python's clocks and Celery's `app.now()` in that replica, not librdkafka's; libfaketime makes
-librdkafka hang in `Consumer.close` on this machine); scale up (to at most 5 replicas) and down (to at least 2); a
-rolling restart of every replica. A replica fault hits each group at once, usually the replica that last dispatched
-a chosen entry (its owner); a broker fault hits every group.
+minutes off (Python's clocks and Celery's `app.now()` in that replica, not librdkafka's); scale up (to at most 5
+replicas) and down (to at least 2); a rolling restart of every replica (1 s between steps, less than the
+probation); **poison**: a burst of about 40 records written straight to the sync topic by a plain producer: the
+issue's reproduced records (a 5 KB heartbeat whose sequence number has 5,000 digits, in protocol versions 1 and 2, a
+catalog whose data is nested 10,000 deep or holds a 5,000-digit integer, snapshot parts of one id that disagree on
+their part count, a snapshot holding `Infinity`, one that does not parse, snapshot parts whose `as_of` lies far
+beyond their offset), random bytes, foreign JSON, a null value, and well-formed records of every kind from session
+ids no replica uses (claims of every entry, `expire` votes naming each live session's latest record, confirmations
+and decisions of the next ticks, `ready`, `wait`, `bye`, a genesis, hellos the protocol refuses), never as a live
+session; **deaf**: a replica's consumer cut for 2-6 leases while it still writes; **crash-loop**: a joiner in a free
+slot, SIGKILLed 1-2 s after it starts, and at least 0.3-1 s after its hello was read back (before its probation
+ends), then started again at once, for 20-40 s; **delete-records**: an operator's `DeleteRecords` of the sync topic
+before a random offset between its low and high watermarks. A replica fault hits each group at once, usually the
+replica that last dispatched a chosen entry (its owner); a broker fault hits every group; poison and DeleteRecords
+hit each group's topic.
 
 **Checker.** After the faults the harness waits until every entry has dispatched past the window and groups that may
 lose nothing have every tick (at most 90 s), then stops everything. Besides the task messages, the harness reads
 each group's sync topic (straight from the brokers) and logs every record with its broker time. The checker derives
 each entry's tick grid from what arrived and counts, per tick of the window: received once, more than once, or
-missing. A duplicate is allowed only in at-least-once mode, with one task id for every copy, and only around a fault
-of a node that sent it (or of the brokers): a re-send. Decisions count as the protocol's fold counts them: one that
-lands after its session's lease ran out in log time, or after a later claim of its entry was granted (the late write
-of a cut-off, paused or stalled owner), decided nothing. A tick never decided is allowed missing by catch-up `once`
-when the entry's next decided tick was decided more than the 1 s grace after it. A tick decided and never published
-is allowed missing in at-most-once mode when an unclean fault (kill, stop, partition, broker, or a stop that had to
-be SIGKILLed) hit the node that decided it, or the brokers, and the tick fell between 1 s before the fault began and
-lease + 1 s after it ended. Anything else is a loss outside the policy. The first run (seed 2026) predates the sync
-log: its missing ticks were judged from the arrivals alone, a looser rule (see
-`celery_kafka_beat/chaos/checker.py`). The failover gap of a fault is the time from the fault to the first dispatch
-of each entry its target owned, among those ticking every second, by another replica (the largest of them); lateness
-is receive time minus tick, measured at the Redis consumer. Faults overlap (one every 4-10 s, many last longer), so
-the worst gaps of a kind are often another fault's doing: a SIGTERM of the only replica not cut off from Kafka waits
-for the partition to heal. Absolute times are from a 2-core machine shared by 3 brokers, up to 5 replicas per group
-and the harness."""
+missing. Decisions count as the protocol's fold counts them: one that lands after its session ended (a goodbye, a
+vote naming its latest record) or after a later claim of its entry was granted decided nothing. A fault's window is
+1 s before its start to lease + 1 s after its end. A duplicate is allowed only in at-least-once mode, with one task
+id for every copy, in the window of a fault that hit a node that sent it (a re-send). A tick never decided is
+allowed missing by catch-up `once` when the entry's next decided tick was decided more than the 1 s grace after it.
+A tick decided and never published is allowed missing in at-most-once mode in the window of an unclean fault of the
+node that decided it: kill, stop, partition, a stop that had to be SIGKILLed, deaf (only under a claim granted
+before it went deaf), a broker crash or a DeleteRecords (these two hit every replica). Poison and crash-loop excuse
+nothing; and a missing tick in the window of a poison burst, a deaf replica or a crash loop (for the last two
+extended by the probation) whose owner that fault did not hit is a loss, whatever catch-up `once` would allow,
+unless another fault hit its owner (or the whole group) around it: the sick replicas must cost the healthy owners
+nothing. Every replica must log each kind of record it cannot use once, and its node's thread must never fail.
+Anything else is a loss outside the policy. The rules and their bounds are in the docstring of
+`celery_kafka_beat/chaos/checker.py`. The failover gap of a fault is the time from the fault to the first dispatch
+of each entry its target owned, among those ticking every second, by another replica (the largest of them); for the
+kinds that move no entry (poison, DeleteRecords, crash-loop) the longest time between two dispatches of one entry
+while the fault lasted (1 s is no pause). Lateness is receive time minus tick, measured at the Redis consumer.
+Faults overlap (one every 4-10 s, many last longer), so the worst gaps of a kind are often another fault's doing.
+Absolute times are from a 2-core machine shared by 3 brokers, up to 5 replicas per group and the harness."""
 
 
 def main(argv: list[str] | None = None) -> int:
