@@ -524,7 +524,7 @@ class KafkaCluster:
         """
         self._node(broker)
         deadline = time.monotonic() + timeout
-        state = self.partition_state(topic, partition)
+        state = self._first_partition_state(topic, partition, deadline)
         if state.leader == broker and state.replicas[:1] == (broker,):
             return
         if broker not in state.replicas:
@@ -597,6 +597,17 @@ class KafkaCluster:
                 }
             )
         return self._admin
+
+    def _first_partition_state(self, topic: str, partition: int, deadline: float) -> PartitionState:
+        """:meth:`partition_state`, waiting (until ``deadline``) while the broker asked does not know the partition
+        yet: a topic just created reaches every broker's metadata within moments, not at once."""
+        while True:
+            try:
+                return self.partition_state(topic, partition)
+            except (DevKafkaError, KafkaException):
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(_MOVE_POLL_S)
 
     def _elect_preferred(self, tp: TopicPartition) -> str:
         """Run a preferred leader election for ``tp``; return what happened (for a timeout message)."""
