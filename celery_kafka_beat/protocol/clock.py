@@ -73,6 +73,7 @@ class BrokerClock:
         self._offset: int | None = None
         self._step_since: int | None = None
         self._step_to: int = 0  # the broker offset the step held went to: another step restarts the hold
+        self._step_upper: int | None = None  # the least upper bound when the step began (None for a joined hold)
         self._adopted_at: int | None = None
         self.steps = 0
         """Steps noticed or joined (for tests and metrics)."""
@@ -112,6 +113,7 @@ class BrokerClock:
             if abs(correction) > self.step_ms:
                 self._offset = broker + correction
                 self._step_since, self._step_to = now - min(held, self.hold_ms), broker
+                self._step_upper = None
                 self.steps += 1
                 return ClockStep(by_ms=-correction, adopted=False, held_ms=held, joined=True)
         reference = self._offset
@@ -123,11 +125,25 @@ class BrokerClock:
             # The lower bounds sagged but this node's own records were appended on time by its time line: it reads
             # late (a slow consumer, a stall), the broker's clock did not go back. Keep the time line.
             return None
-        if broker > reference and self._step_since is None and upper is not None and broker <= upper + self.step_ms:
+        if broker > reference and self._step_since is None and (upper is None or broker <= upper + self.step_ms):
             # The time line was behind: built while this node read late (its own records were appended at least
-            # this late by the broker's clock). Catching up is not a step.
+            # this late by the broker's clock), or built before any of its own records came back, from records it
+            # read late (it rebuilt its state from records a stall held back, say). Catching up is not a step. A node
+            # with no record of its own read back runs no tick; if its peers hold a step, their next record makes it
+            # join their hold (above) before it can.
             self._offset = broker
             return None
+        if (
+            self._step_since is not None
+            and self._step_upper is not None
+            and reference < broker <= self._step_upper + self.step_ms
+        ):
+            # The step is over, and the brokers' clock is back where this node's own records put it before the step:
+            # the time line was behind (built while it read late). Catching up is not another step.
+            self._offset, self._step_since = broker, None
+            return None
+        if self._step_since is None:
+            self._step_upper = upper
         if self._step_since is None or abs(broker - self._step_to) > self.step_ms:
             self._step_since, self._step_to = now, broker  # a step, or a second one: its hold starts now
             self.steps += 1

@@ -34,7 +34,7 @@ def test_it_follows_the_brokers_clock_as_a_lower_bound() -> None:
 def test_a_step_forward_is_held_then_adopted_after_the_hold() -> None:
     """Reproduced: one record timestamped 60 s ahead (a leader on a fast broker) made ticks go out 60 s early."""
     clock = _clock()
-    _feed(clock, 0, 1000, 0)
+    _feed(clock, 0, 1000, 0, own=True)  # a running node: its own records came back on time
     (step,) = _feed(clock, 1000, 2000, 60_000)
     assert step.by_ms > 59_000
     assert not step.adopted
@@ -51,7 +51,7 @@ def test_a_step_forward_is_held_then_adopted_after_the_hold() -> None:
 
 def test_a_step_that_goes_back_before_the_hold_costs_nothing() -> None:
     clock = _clock()
-    _feed(clock, 0, 1000, 0)
+    _feed(clock, 0, 1000, 0, own=True)
     _feed(clock, 1000, 30_000, 60_000)  # the leader moved to a broker 60 s fast, for 29 s
     assert clock.holding
     _feed(clock, 30_000, 34_000, 0)  # and back
@@ -106,7 +106,7 @@ def test_a_node_starting_during_a_step_joins_its_peers_hold() -> None:
 def test_a_peer_that_is_merely_late_is_not_joined() -> None:
     """A peer that is not holding a step writes no time line; a hold whose correction is within a step is noise."""
     clock = _clock()
-    _feed(clock, 0, 1000, 0)
+    _feed(clock, 0, 1000, 0, own=True)
     assert clock.observe(BASE + 1000, 1003, peer_hold=(BASE + 1000 - 500, 5000)) is None
     assert not clock.holding
 
@@ -115,7 +115,7 @@ def test_a_second_step_during_a_hold_restarts_the_hold() -> None:
     """A leader moving again while a step is held (to a broker whose clock is off the other way) is a new step:
     it is adopted only if it, too, lasts the whole hold."""
     clock = _clock()
-    _feed(clock, 0, 1000, 0)
+    _feed(clock, 0, 1000, 0, own=True)
     _feed(clock, 1000, 40_000, -60_000, own=True)  # held 39 s
     _feed(clock, 40_000, 1000 + HOLD + 1000, 70_000)  # another broker, +70 s: 22 s so far
     assert clock.holding
@@ -124,3 +124,48 @@ def test_a_second_step_during_a_hold_restarts_the_hold() -> None:
     assert abs(now - (BASE + 1000 + HOLD + 1003)) < 10
     adopted = _feed(clock, 1000 + HOLD + 1000, 40_000 + HOLD + 200, 70_000)
     assert [s.adopted for s in adopted] == [True]
+
+
+def test_a_time_line_built_from_records_read_late_catches_up_without_a_step() -> None:
+    """Reproduced (soak): a node rebuilt its state from records a broker stall had held back, read them 1.2 s late,
+    then took the next fresh record for a step forward and held it; its peers joined the hold and every tick went
+    out 1.2 to 2.6 s late. With none of its own records back yet, a time line that is behind only catches up."""
+    clock = _clock()
+    for local in range(0, 2000, 100):  # appended on time, read 1.2 s late
+        assert clock.observe(BASE + local, local + 1200) is None
+    assert _feed(clock, 2000, 3000, 0) == []
+    assert not clock.holding
+    now = clock.now(3003)
+    assert now is not None
+    assert abs(now - (BASE + 3003)) < 10
+
+
+def test_a_step_forward_before_the_nodes_first_own_record_is_followed_until_a_peer_shows_its_hold() -> None:
+    """A node whose own records have not come back yet runs no tick: it follows the brokers' clock, and a ready
+    peer that holds the step brings it onto the held time line with its next record."""
+    clock = _clock()
+    _feed(clock, 0, 1000, 0)
+    assert _feed(clock, 1000, 1500, 60_000) == []
+    (joined,) = [s for s in [clock.observe(BASE + 60_000 + 1500, 1503, peer_hold=(BASE + 1500, 500))] if s]
+    assert joined.joined
+    now = clock.now(1503)
+    assert now is not None
+    assert abs(now - (BASE + 1503)) < 10
+
+
+def test_a_step_that_ends_while_the_time_line_was_behind_is_not_a_new_step() -> None:
+    """Reproduced (simulator): a node whose time line was 1.2 s behind (it read late; its own records said so) held
+    a step of the leader's clock; when the leader's clock came back, the 1.2 s looked like a new step, was held and
+    adopted 20 s later, its peers joined that hold, and ticks went out 1.1 s late."""
+    clock = _clock()
+    for local in range(0, 3000, 100):  # read 1.2 s late, own records appended on time
+        clock.observe(BASE + local, local + 1200, sent_at=local - 1)
+    line = clock.now(3000)
+    assert line is not None and line < BASE + 3000 - 1000  # behind: it has not caught up yet
+    (step,) = _feed(clock, 3000, 4000, 60_000)
+    assert not step.adopted
+    assert _feed(clock, 4000, 5000, 0, own=True) == []  # the step is over; the 1.2 s is a catch-up
+    assert not clock.holding
+    now = clock.now(5003)
+    assert now is not None
+    assert abs(now - (BASE + 5003)) < 10
