@@ -33,7 +33,15 @@ from celery_kafka_beat.protocol.liveness import Liveness
 from celery_kafka_beat.protocol.planning import CatchUp, DeliveryMode, Schedule, plan_ticks
 from celery_kafka_beat.protocol.sizing import NameSizes, chunk_text, fitting, split_items
 from celery_kafka_beat.protocol.snapshots import Snapshots
-from celery_kafka_beat.protocol.state import DEFAULT_RULES, MAX_LEASE_MS, ClusterState, FoldRules, catalog_digest
+from celery_kafka_beat.protocol.state import (
+    DEFAULT_RULES,
+    MAX_LEASE_MS,
+    ClusterState,
+    FoldRules,
+    SessionState,
+    catalog_digest,
+    shown_life,
+)
 
 __all__ = [
     "Action",
@@ -618,22 +626,26 @@ class NodeCore:
         if deferring:
             self._desired = frozenset()
             return notes
-        # Candidates for an entry: the live sessions that said ``ready`` and can run it; only when there is none,
-        # every live session that can run it (a cluster starting up, or one whose ready sessions all went away).
+        # Candidates for an entry: the live sessions that said ``ready`` and can run it; only when there is none
+        # (the ready sessions' catalogs do not name it), the one live session that can run it and has shown the
+        # longest life: never whichever said hello last, which a crash-looping replica does over and over (state.py
+        # promotes the same way).
         ready: dict[str, list[str]] = {}
-        anyone: dict[str, list[str]] = {}
+        longest: dict[str, SessionState] = {}
         for s in self.state.sessions.values():
             if s.catalog in self.state.catalogs:
-                anyone.setdefault(s.catalog, []).append(s.session)
+                if s.catalog not in longest or shown_life(s) > shown_life(longest[s.catalog]):
+                    longest[s.catalog] = s
                 if s.ready:
                     ready.setdefault(s.catalog, []).append(s.session)
         ready_groups = [(self.state.catalogs[c], ids) for c, ids in ready.items()]
-        all_groups = [(self.state.catalogs[c], ids) for c, ids in anyone.items()]
+        longest_groups = [(self.state.catalogs[c], s) for c, s in longest.items()]
         desired = set()
         for name in self.entries:
             candidates = [sid for names, ids in ready_groups if name in names for sid in ids]
             if not candidates:
-                candidates = [sid for names, ids in all_groups if name in names for sid in ids]
+                able = [s for names, s in longest_groups if name in names]
+                candidates = [max(able, key=shown_life).session] if able else []
             if self._rendezvous.choose(name, candidates) == me:
                 desired.add(name)
         self._desired = frozenset(desired)

@@ -15,8 +15,9 @@ Rules (see ``docs/protocol.md`` for the reasoning):
 * Any record of a live session renews it (it becomes the session's latest record).
 * A session is a **candidate** for entries (see ``assignment.py``) once it wrote ``ready``: it has been live for its
   probation, so a replica that crash-loops or cannot read its own records never takes entries from a healthy owner.
-  A session whose hello lands while no ready session is live is ready at once (a cluster starting: nobody to
-  protect, and no second round of moves when the others' probations end).
+  While no ready session is live, the oldest live session is ready (a cluster starting: nobody to protect, and no
+  second round of moves when the others' probations end); never merely the latest hello, which a crash-looping
+  replica writes over and over.
 * A claim is granted per entry if its session is live, its catalog names the entry, and nobody owns the entry.
   The claim's offset is the claim's **epoch**: the fencing token that decisions and releases must quote.
 * A decision is valid per tick if its session is live, owns the entry under the quoted epoch, and the tick is later
@@ -143,6 +144,11 @@ class _PartialCatalog:
     pieces: dict[int, str]
     since: int
     chars: int = 0
+
+
+def shown_life(session: SessionState) -> tuple[int, int]:
+    """How far a session has shown it runs: the log between its hello and its latest record; then the oldest."""
+    return session.last - session.started, -session.started
 
 
 @dataclass(slots=True)
@@ -302,13 +308,13 @@ class ClusterState:
             self.catalogs.pop(gone.catalog, None)
             self.loose.pop(gone.catalog, None)
         self.membership += 1
+        self._promote()
 
     def _hello(self, offset: int, record: wire.Hello) -> Outcome:
         if record.session in self.sessions or record.session in self.ended:
             return INVALID
         if record.lease_ms > self.rules.max_lease_ms:
             return INVALID  # a lease longer than a genesis waits for could outlive the state it is part of
-        founder = self.ready_live == 0 and record.version == wire.PROTOCOL_VERSION
         self.sessions[record.session] = SessionState(
             session=record.session,
             node=record.node,
@@ -316,13 +322,31 @@ class ClusterState:
             catalog=record.catalog,
             last=offset,
             started=offset,
-            ready=founder,
+            ready=False,
             version=record.version,
         )
-        self.ready_live += founder
         self.loose.pop(record.catalog, None)
         self.membership += 1
+        self._promote()
         return VALID
+
+    def _promote(self) -> None:
+        """While no ready session is live, the live session of this protocol version that has shown the longest
+        stretch of life (from its hello to its latest record, then the oldest) is ready: a cluster starting has
+        nobody to protect, and one whose ready sessions all went away (a rolling restart faster than the probation)
+        is best served by the session that has run longest. Never merely the latest hello: a replica that
+        crash-loops says hello over and over and dies before it writes anything else, so neither its newest session
+        nor its dead older ones (live until voted out) are chosen over one that keeps writing."""
+        if self.ready_live:
+            return
+        best = max(
+            (s for s in self.sessions.values() if s.version == wire.PROTOCOL_VERSION),
+            key=shown_life,
+            default=None,
+        )
+        if best is not None:
+            best.ready = True
+            self.ready_live += 1
 
     def _expire(self, record: wire.Expire) -> Outcome:
         ended = []
@@ -348,10 +372,20 @@ class ClusterState:
             self.granted += 1
             self._index_foreign(name, entry)
             if entry.anchor is None and entry.last_tick is None:
-                entry.anchor = self.log_time if self.floor is None else max(self.log_time, self.floor)
+                entry.anchor = self._anchor(record)
             self.owned.setdefault(session.session, set()).add(name)
             granted.append(name)
         return Outcome(valid=True, granted=tuple(granted))
+
+    def _anchor(self, record: wire.Claim) -> int:
+        """When an entry that never ran was first claimed: its ticks count from here. The log time, unless the
+        claimer holds a broker clock step (``w``): then its time line, which the log time is a step away from (a
+        step forward would delay the first tick by the step, a step back run ticks that were never due). Within a
+        day of the log time: a line further off is no honest hold's."""
+        anchor = self.log_time
+        if record.hold is not None and abs(record.hold[0] - self.log_time) <= MAX_FLOOR_AHEAD_MS:
+            anchor = record.hold[0]
+        return anchor if self.floor is None else max(anchor, self.floor)
 
     def _decide(self, offset: int, record: wire.Decide) -> Outcome:
         decided = []

@@ -2,10 +2,10 @@
 Redis, the recorder) with a fixed seed whose plan has every fault kind once, in both delivery modes, judged by
 the checker. The long run is ``python -m celery_kafka_beat.chaos run --minutes 30 --report docs/reliability.md``.
 
-Seed 749's plan keeps the crash loop and the deaf replica away from the faults that can leave a group without a
-single ready session for a while (a rolling restart, which restarts every replica faster than the probation, and a
-broker crash, after which sessions may end at once): then protocol 2 makes every live session a candidate, a
-crash-looping joiner's too (found by the chaos harness; see docs/reliability.md). The long run meets them together.
+Seed 11's plan runs the crash loop through a rolling restart, which restarts every replica faster than the
+probation: a stretch with no ready session, in which protocol 2's first rule made each crash-looping hello ready
+at once (it took every entry and died with them; found by the 30-minute chaos run, see docs/reliability.md). Now
+the session that has shown the longest life is made ready instead, and this run checks it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from celery_kafka_beat.chaos.harness import KINDS, GroupSpec, Harness, default_e
 from celery_kafka_beat.chaos.poison import REPRODUCED, poison_values
 from celery_kafka_beat.wire import WireError, decode
 
-SEED = 749
+SEED = 11
 
 
 def test_plan_replays_from_its_seed_and_has_every_kind() -> None:
@@ -34,13 +34,11 @@ def test_plan_replays_from_its_seed_and_has_every_kind() -> None:
     assert len(longer) >= 60
 
 
-def test_short_plan_keeps_the_sick_replicas_apart_from_rolling_restarts_and_broker_crashes() -> None:
+def test_short_plan_runs_the_crash_loop_through_a_rolling_restart() -> None:
     plan = make_plan(SEED, 0, lease=3.0)
-    sick = [(f.at, f.at + f.duration + 3.0 + 5.0 + 1.0) for f in plan if f.kind in ("crash-loop", "deaf")]
-    # A rolling restart's new replicas are ready some 8 s after its last step; a broker crash's sessions as long
-    danger = [(f.at, f.at + f.duration + 8.0 + (6.0 if f.kind == "rolling" else 0)) for f in plan]
-    danger = [w for w, f in zip(danger, plan, strict=True) if f.kind in ("rolling", "broker")]
-    assert not [(s, d) for s in sick for d in danger if s[0] < d[1] and d[0] < s[1]]
+    loops = [(f.at, f.at + f.duration) for f in plan if f.kind == "crash-loop"]
+    rolling = [(f.at, f.at + f.duration) for f in plan if f.kind == "rolling"]
+    assert [(c, r) for c in loops for r in rolling if c[0] < r[0] and r[1] < c[1]]  # the whole restart inside it
     assert max(f.at + f.duration for f in plan) < 100  # the test stays within about 4 minutes
 
 

@@ -312,3 +312,75 @@ def test_one_entrys_ticks_are_never_split_across_records() -> None:
     batches = split_items(items, lambda i: 10, 10_000, 2, lambda i: i[0])
     assert batches == [[("a", 1)], [("b", 1), ("b", 2), ("b", 3)], [("c", 1)]]
     assert split_items(items, lambda i: 10, 10_000, 2) == [items[0:2], items[2:4], items[4:]]
+
+
+def _stop(cluster: Cluster, name: str) -> None:
+    """A clean stop: publish what is decided, say goodbye, exit."""
+    member = cluster.members[name]
+    cluster._run(member, member.core.stop(cluster.now))
+    while not member.core.stopped:
+        cluster.advance(10)
+    member.alive = False
+
+
+def _rolling_restart_beside_a_crash_loop(cluster: Cluster) -> set[str]:
+    """Replicas a and b restart one after the other, faster than the probation, while a third replica crash-loops
+    (a life of 300 ms from hello to SIGKILL, every 500 ms). Returns the crash loop's sessions."""
+    cluster.start("a")
+    cluster.start("b")
+    cluster.advance(3000)
+    lives = itertools.count()
+    loops: set[str] = set()
+
+    def loop_life() -> None:
+        member = cluster.start(f"loop{next(lives)}")
+        loops.add(member.core.session or "")
+        cluster.advance(300)
+        member.alive = False
+        cluster.advance(200)
+
+    for _ in range(4):
+        loop_life()
+    _stop(cluster, "a")
+    cluster.start("a2")
+    loop_life()
+    _stop(cluster, "b")  # no ready session left: a2 is in its probation, the crash loop says hello every 500 ms
+    loop_life()  # (b2 takes a while to start)
+    cluster.start("b2")
+    for _ in range(12):
+        loop_life()
+    return loops
+
+
+def test_a_rolling_restart_beside_a_crash_looping_replica_gives_it_nothing() -> None:
+    """Reproduced (chaos, 30 minutes): during a rolling restart no session was ready, and each hello of a
+    crash-looping replica was ready at once: it took every entry and died with them, again and again. Now the
+    session that has shown the longest life is made ready, and the crash loop never owns an entry."""
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=2000)
+    start = BASE + 3000
+    loops = _rolling_restart_beside_a_crash_loop(cluster)
+    claimed = [r for _, r in cluster.log if isinstance(r, wire.Claim) and r.session in loops]
+    assert claimed == []
+    assert cluster.missing(set(ENTRIES), start, cluster.now - PERIOD) == []
+
+
+def test_the_old_rule_ready_at_hello_without_a_ready_session_loses_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: while no ready session is live, the latest hello is ready (how it was): the crash loop takes the
+    entries and ticks are lost. Shows that the test above can fail."""
+    original = ClusterState._hello
+
+    def founder(self: ClusterState, offset: int, record: wire.Hello) -> object:
+        nobody = self.ready_live == 0
+        outcome = original(self, offset, record)
+        if nobody and record.session in self.sessions:
+            self.sessions[record.session].ready = True
+            self.ready_live = 1
+        return outcome
+
+    monkeypatch.setattr(ClusterState, "_promote", lambda self: None)
+    monkeypatch.setattr(ClusterState, "_hello", founder)
+    cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=2000)
+    start = BASE + 3000
+    loops = _rolling_restart_beside_a_crash_loop(cluster)
+    assert [r for _, r in cluster.log if isinstance(r, wire.Claim) and r.session in loops] != []
+    assert cluster.missing(set(ENTRIES), start, cluster.now - PERIOD) != []

@@ -384,15 +384,44 @@ def test_ended_sessions_are_bounded() -> None:
     assert "s0" not in log.state.ended
 
 
-def test_a_hello_while_no_ready_session_is_live_is_ready_at_once() -> None:
+def test_while_no_ready_session_is_live_the_oldest_live_session_is_ready() -> None:
     """A cluster starting (or one whose ready sessions all went away): the first hello is ready at once; with a
-    ready session live, a newcomer waits for its probation."""
+    ready session live, a newcomer waits for its probation; when the ready ones end, the oldest live one is ready."""
     log = Log()
     first = log.join(0, "s1")
     log.join(0, "s2")
     assert (log.state.is_ready("s1"), log.state.is_ready("s2")) == (True, False)
     log.add(10, wire.Expire(session="s2", seq=log.q(), items=(("s1", first),)))
+    assert log.state.is_ready("s2")
     log.join(20, "s3")
-    assert log.state.is_ready("s3")
-    assert not log.state.is_ready("s2")
+    assert not log.state.is_ready("s3")
+    assert log.state.ready_live == 1
     assert ClusterState.from_json(log.state.to_json()).ready_live == 1
+
+
+def test_a_crash_looping_replica_is_never_made_ready_over_an_older_session() -> None:
+    """Reproduced (chaos, a rolling restart): with no ready session live, each hello of a crash-looping replica
+    was ready at once, took every entry and died with them. The oldest live session is the one made ready."""
+    log = Log()
+    log.join(0, "a1")
+    log.join(0, "b1")  # a rolling restart: b1 in its probation when a1 says goodbye
+    log.add(5, wire.Goodbye(session="a1", seq=log.q()))
+    assert log.state.is_ready("b1")
+    for i in range(5):
+        log.join(10 + i, f"loop{i}")
+        assert not log.state.is_ready(f"loop{i}")
+        log.add(10 + i, wire.Goodbye(session=f"loop{i}", seq=log.q()))
+    assert log.state.is_ready("b1")
+    assert log.state.ready_live == 1
+
+@pytest.mark.parametrize("step", [60_000, -60_000])
+def test_an_entry_that_never_ran_counts_from_the_claimers_time_line_during_a_broker_clock_step(step: int) -> None:
+    """Reproduced (real brokers, a leader 60 s fast): a new entry first claimed during the step counted its ticks
+    from the log time, 60 s ahead, and its first tick went out 60 s late. A claimer holding the step writes its time
+    line (``w``); the entry counts from there. Without a hold, and with a line no honest hold has, the log time."""
+    log = Log()
+    log.join(1000, "s1")
+    log.add(1000 + step, wire.Claim(session="s1", seq=log.q(), entries=("a",), hold=(2000, 500)))
+    assert log.state.entries["a"].anchor == 2000
+    log.add(2000 + step, wire.Claim(session="s1", seq=log.q(), entries=("b",), hold=(2000 + 10**9, 500)))
+    assert log.state.entries["b"].anchor == log.state.log_time
