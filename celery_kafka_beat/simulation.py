@@ -921,7 +921,10 @@ class Simulation:
         """A broker clock that led for clock_hold_ms without a break is adopted: the time line jumps by its offset
         then, and again back when the nodes adopt the next clock. Ticks in between follow the catch-up policy. The
         same from the moment a node took up a wrong clock with no peer holding a step to join (_early_allowance)
-        until the time line is back: the end of that clock's stretch as leader, a hold, and the offset."""
+        until the time line is back: the end of that clock's stretch as leader, a hold, and the offset. A clock
+        behind true time labels ticks that much earlier than they fall due (ticks are judged by their labels), so
+        its window starts that much earlier too: the ticks the line jumps over when it adopts the true clock again
+        are labelled from the adoption minus the offset on."""
         s = self.sc.settings
         stretches = list(itertools.pairwise([*self.leadership, (self.now, -1)]))
         for (start, leader), (end, _) in stretches:
@@ -932,7 +935,7 @@ class Simulation:
                 )
         for at, offset in self._lonely_takeups:
             end = next((e for (b, _), (e, _) in stretches if b <= at < e), self.now)
-            self._mark(at, end + s.clock_hold_ms + abs(offset) + 4 * s.lease_ms)
+            self._mark(at - max(0, -offset), end + s.clock_hold_ms + abs(offset) + 4 * s.lease_ms)
 
     def _check_ticks(self) -> None:
         """Liveness in calm stretches, and the catch-up policy for every skipped tick."""
