@@ -107,7 +107,6 @@ class _SimNode:
     deaf_lag: int = 0
     loop_until: int = 0
     """A crash-looping node: until then it is killed soon after each start, and started again."""
-    peer_seen: bool = True
     """Whether the node read a record of a ready peer holding a clock step since it started (_early_allowance)."""
     deferred: bool = False
     """Publishes in another thread, like KafkaScheduler: a tick is checked (can_publish) and published some time
@@ -321,8 +320,9 @@ class Simulation:
         node.stop_deadline = None
         node.core = node.waiter = None
         boot = Bootstrap(self.log_start, self.rules)
+        local = self._local(node)
         for rec in self.log[self.log_start :]:
-            boot.feed(rec.offset, rec.ts, rec.record)
+            boot.feed(rec.offset, rec.ts, rec.record, local)
         state = boot.finish()
         self._log(f"{node.name} starts with {sorted(node.entries)} at offset {node.read_pos}")
         if state is None:
@@ -346,8 +346,8 @@ class Simulation:
         settings = dataclasses.replace(self.sc.settings, node=node.name)
         periods = {e: self._all_entries[e] for e in node.entries}
         core = NodeCore(settings, node.entries, IntervalSchedule(periods), self._session_id, state, rules=self.rules)
-        node.peer_seen = False
         node.core, node.boot, node.waiter = core, None, None
+        self._execute(node, core.prime_clock(boot.recent))
         self._covered()
         self._execute(node, core.start(self._local(node)))
 
@@ -527,23 +527,19 @@ class Simulation:
             node.read_pos += 1
             node.read_times.append(self.now)
             if node.core is not None:
-                record = rec.record
-                if not node.peer_seen:
-                    # The first record a new core reads sets its time line: from a ready peer holding a step it
-                    # joins the hold; otherwise it takes the broker's clock of the moment (any later step it
-                    # witnesses, and holds).
-                    node.peer_seen = True
-                    joined = record is not None and record.hold is not None and record.session != node.core.session
-                    if not (joined and self.oracle.is_ready(record.session)):  # type: ignore[union-attr]
-                        clock = rec.ts - rec.appended_at - self.base_offset
-                        self._lonely_clocks.add(clock)
-                        if abs(clock) > _NOISE_MS:
-                            self._lonely_takeups.append((rec.appended_at, clock))
+                provisional = node.core.clock.provisional
                 actions += node.core.on_record(rec.offset, rec.ts, rec.record, local)
+                if provisional and not node.core.clock.provisional and not node.core.clock.holding:
+                    # The node's first own record set its time line (see BrokerClock.prime), and it joined no
+                    # peer's hold: it took the brokers' clock of the moment (any later step it witnesses, and holds).
+                    clock = rec.ts - rec.appended_at - self.base_offset
+                    self._lonely_clocks.add(clock)
+                    if abs(clock) > _NOISE_MS:
+                        self._lonely_takeups.append((rec.appended_at, clock))
                 continue
             assert node.boot is not None
             assert node.waiter is not None
-            ready = node.boot.feed(rec.offset, rec.ts, rec.record)
+            ready = node.boot.feed(rec.offset, rec.ts, rec.record, local)
             node.waiter.on_record(rec.offset, rec.ts, rec.record, local)
             if ready and (state := node.boot.finish()) is not None:
                 self._log(f"{node.name} rebuilt the state at offset {rec.offset}")

@@ -21,10 +21,12 @@ entries, unconfirmed ticks) is lost then; the waiter says so.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol.actions import Action, Append, Note
+from celery_kafka_beat.protocol.clock import SAMPLES
 from celery_kafka_beat.protocol.state import DEFAULT_RULES, ClusterState, FoldRules
 
 __all__ = ["Bootstrap", "Waiter"]
@@ -65,10 +67,17 @@ class Bootstrap:
         self._tried_scratch = False
         self.rejected: list[str] = []
         """Why candidates were not used (for the log)."""
+        self.recent: deque[tuple[int, int, wire.Record | None]] = deque(maxlen=SAMPLES)
+        """The last records fed with the local time they were read, ``(timestamp, read at, record)``: they set the
+        starting node's time line (:meth:`NodeCore.prime_clock`), so that it joins a step its peers hold before it
+        says hello, and its first claims carry the held time line."""
 
-    def feed(self, offset: int, timestamp: int, record: wire.Record | None) -> bool:
-        """Keep one record; True when it completes a new way to start (then call :meth:`finish` again)."""
+    def feed(self, offset: int, timestamp: int, record: wire.Record | None, now: int | None = None) -> bool:
+        """Keep one record (read at local time ``now``, if the shell knows it); True when it completes a new way to
+        start (then call :meth:`finish` again)."""
         self._tail.append((offset, timestamp, record))
+        if now is not None:
+            self.recent.append((timestamp, now, record))
         if isinstance(record, wire.Genesis):
             # Its validity depends on the record before ``start`` (the last busy one) and those after: all here.
             if self.log_start < record.start < offset:

@@ -17,8 +17,10 @@ While it holds a step, a node writes ``[time line, ms held]`` in every record (`
 one (it started during the step, or missed it) and reads such a record from a ready peer that is current (its
 timestamp is the latest clock reading) joins the hold: it takes the peer's correction to the broker's clock
 (``time line - timestamp`` of that very record, so neither the peer's nor its own read latency matters) and the
-time already held, so that it adopts the step when the peer does. A node that starts with no peer holding takes
-the broker's clock as it is. Leases never depend on any of this (see ``state.py``).
+time already held, so that it adopts the step when the peer does. A starting node looks for such a hold in the
+records it read while starting (``prime``) and joins it when its own first record comes back, before it can claim
+anything; a node that starts with no peer holding takes the broker's clock as its first own record shows it. Leases
+never depend on any of this (see ``state.py``).
 """
 
 from __future__ import annotations
@@ -74,7 +76,11 @@ class BrokerClock:
         self._step_since: int | None = None
         self._step_to: int = 0  # the broker offset the step held went to: another step restarts the hold
         self._step_upper: int | None = None  # the least upper bound when the step began (None for a joined hold)
-        self._adopted_at: int | None = None
+        # A hold found at start-up: (correction, held, read at, the record's sample, the most it may have aged).
+        self._pending: tuple[int, int, int, int, int] | None = None
+        self._provisional = False  # a line started from the records read at start-up, until an own record is read
+        self._step_joined = False  # whether the step held is a peer's, joined
+        self._judged_at: int | None = None  # when this node last ended a hold of its own (adopted, or the step ended)
         self.steps = 0
         """Steps noticed or joined (for tests and metrics)."""
 
@@ -88,6 +94,38 @@ class BrokerClock:
         if self._step_since is None or self._offset is None:
             return None
         return now + self._offset, now - self._step_since
+
+    @property
+    def provisional(self) -> bool:
+        """Whether the line still comes from the records read at start-up (until this node's first own record)."""
+        return self._provisional
+
+    @property
+    def join_pending(self) -> bool:
+        """Whether a peer's hold found in the records read at start-up waits for this node's first own record."""
+        return self._pending is not None
+
+    def prime(self, recent: list[tuple[int, int, bool, tuple[int, int] | None]], max_age_ms: int) -> None:
+        """Records read while starting, ``(timestamp, read at, whether a ready peer wrote it, its hold)``: their
+        timestamps start the estimate, and if the latest record of a ready peer carries a hold, it is joined when
+        this node's first own record comes back. Not at once: these records were appended up to a heartbeat
+        (``max_age_ms``) before they were read, so the estimate lags by that much and a line joined from it would
+        too (a first tick early), and across a step back the older records outweigh the newer. An own record is
+        read soon after its append and bounds the brokers' clock from above. The hold is joined only if the
+        brokers' clock is then still the one that stamped it (within ``max_age_ms`` and a step): a step that ended
+        meanwhile is not joined."""
+        self._provisional = True
+        for timestamp, read_at, _, _ in recent:
+            self._samples.append(timestamp - read_at)
+        if self._samples:
+            self._offset = max(self._samples)
+        self._pending = None
+        for timestamp, read_at, ready, hold in recent:
+            if not ready:
+                continue
+            self._pending = None
+            if hold is not None and abs(hold[0] - timestamp) > self.step_ms:
+                self._pending = (hold[0] - timestamp, hold[1], read_at, timestamp - read_at, max_age_ms)
 
     def observe(
         self, timestamp: int, now: int, peer_hold: tuple[int, int] | None = None, sent_at: int | None = None
@@ -105,19 +143,35 @@ class BrokerClock:
                 self._samples.clear()
         self._samples.append(sample)
         broker = max(self._samples)
-        recently_adopted = self._adopted_at is not None and now - self._adopted_at < self.hold_ms
-        joinable = self._step_since is None and not recently_adopted  # (a peer's hold from before it adopted too)
+        # A node that ended a hold of its own within the last hold period has judged this clock itself: peers'
+        # records written before they read the same end (or adoption) still carry their hold, and the time between a
+        # peer taking its line and the broker appending the record (a slow append) reads as a correction.
+        recently_judged = self._judged_at is not None and now - self._judged_at < self.hold_ms
+        if self._provisional and sent_at is not None:
+            # This node's first own record: the line started from the records read at start-up is replaced (they
+            # may be from before a step), by the hold they showed if the brokers' clock is still the one that
+            # stamped it, else by the brokers' clock as this record shows it. A hold joined from a live peer stays.
+            self._provisional = False
+            pending, self._pending = self._pending, None
+            if not self._step_joined:
+                self._step_since = None
+                if pending is not None and not recently_judged:
+                    correction, held, at, then, max_age = pending
+                    if then - self.step_ms <= broker <= then + max_age + self.step_ms:
+                        return self._join(broker, correction, held + now - at, now)
+                self._offset = broker
+                return None
+        joinable = self._step_since is None and not recently_judged
         if peer_hold is not None and joinable and sample >= broker - self.step_ms:
             line, held = peer_hold
             correction = line - timestamp
             if abs(correction) > self.step_ms:
-                self._offset = broker + correction
-                self._step_since, self._step_to = now - min(held, self.hold_ms), broker
-                self._step_upper = None
-                self.steps += 1
-                return ClockStep(by_ms=-correction, adopted=False, held_ms=held, joined=True)
+                self._pending = None
+                return self._join(broker, correction, held, now)
         reference = self._offset
         if reference is None or abs(broker - reference) <= self.step_ms:
+            if self._step_since is not None:
+                self._judged_at = now  # the step is over
             self._offset, self._step_since = broker, None
             return None
         upper = min(self._uppers, default=None)
@@ -140,19 +194,27 @@ class BrokerClock:
         ):
             # The step is over, and the brokers' clock is back where this node's own records put it before the step:
             # the time line was behind (built while it read late). Catching up is not another step.
-            self._offset, self._step_since = broker, None
+            self._offset, self._step_since, self._judged_at = broker, None, now
             return None
         if self._step_since is None:
-            self._step_upper = upper
+            self._step_upper, self._step_joined = upper, False
         if self._step_since is None or abs(broker - self._step_to) > self.step_ms:
             self._step_since, self._step_to = now, broker  # a step, or a second one: its hold starts now
             self.steps += 1
             return ClockStep(by_ms=broker - reference, adopted=False)
         if now - self._step_since >= self.hold_ms:
             held = now - self._step_since
-            self._offset, self._step_since, self._adopted_at = broker, None, now
+            self._offset, self._step_since, self._judged_at = broker, None, now
             return ClockStep(by_ms=broker - reference, adopted=True, held_ms=held)
         return None
+
+    def _join(self, broker: int, correction: int, held: int, now: int) -> ClockStep:
+        self._step_joined = True
+        self._offset = broker + correction
+        self._step_since, self._step_to = now - min(held, self.hold_ms), broker
+        self._step_upper = None
+        self.steps += 1
+        return ClockStep(by_ms=-correction, adopted=False, held_ms=held, joined=True)
 
     def now(self, local: int) -> int | None:
         """The time line at local time ``local`` (None before the first record)."""

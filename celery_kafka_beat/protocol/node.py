@@ -248,6 +248,19 @@ class NodeCore:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
+    def prime_clock(self, recent: Iterable[tuple[int, int, wire.Record | None]]) -> list[Action]:
+        """Start the time line from the last records read while starting (``Bootstrap.recent``): a step that ready
+        peers hold is joined when this node's hello comes back (see ``BrokerClock.prime``), before its first claims
+        (which then carry the held line), rather than from the first peer record read after them."""
+        self.clock.prime(
+            [
+                (ts, read_at, record is not None and self.state.is_ready(record.session), getattr(record, "hold", None))
+                for ts, read_at, record in recent
+            ],
+            self.settings.heartbeat_ms,
+        )
+        return []
+
     def start(self, now: int) -> list[Action]:
         """Begin a new session (after the shell has read the topic up to its end into ``state``)."""
         self.session = self._new_session_id()

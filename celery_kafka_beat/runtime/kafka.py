@@ -632,7 +632,7 @@ class KafkaNode:
             boots: list[Bootstrap] = []
 
             def feed(offset: int, timestamp: int, value: bytes | None) -> None:
-                boots[-1].feed(offset, timestamp, self._wirelog.decode(offset, value))
+                boots[-1].feed(offset, timestamp, self._wirelog.decode(offset, value), self._clock())
 
             try:
                 low, high = _scan(
@@ -658,6 +658,7 @@ class KafkaNode:
             core.record_budget = self._record_budget
             with self._lock:
                 self._core, self._waiter = core, None
+                self._execute(core, core.prime_clock(boot.recent))
                 self._execute(core, core.start(self._clock()))
                 for msg in leftover:
                     self._on_message(core, msg)
@@ -693,7 +694,7 @@ class KafkaNode:
                     if read is None:
                         continue
                     offset, timestamp, record = read
-                    complete = boot.feed(offset, timestamp, record)
+                    complete = boot.feed(offset, timestamp, record, self._clock())
                     waiter.on_record(offset, timestamp, record, self._clock())
                     if complete and (state := boot.finish()) is not None:
                         log.warning("node %s: rebuilt the schedule state at offset %d", self.node, offset)

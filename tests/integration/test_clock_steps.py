@@ -433,13 +433,6 @@ def test_crashed_owner_taken_over(
     assert kept_late[-1] <= LATE_BOUND_MS, f"a tick of a surviving owner dispatched {kept_late[-1]} ms late"
 
 
-@pytest.mark.xfail(
-    reason="known gap: a node started during a step claims an entry that no ready peer can run as soon as its hello "
-    "is read back, before it has read a peer's record carrying the hold (the records it reads at start-up do not feed "
-    "its clock), so the claim carries no w and the entry counts from the log time; it passes only when a peer's held "
-    "record happens to land between the node's start-up read and its claim. Remove this marker once that is fixed.",
-    strict=False,
-)
 @pytest.mark.parametrize("step_s", [STEP_S, -STEP_S], ids=["ahead", "behind"])
 def test_a_new_entry_first_claimed_during_a_step_ticks_a_period_after_its_claim(
     cluster: KafkaCluster, topic_name: str, tmp_path: Path, procs: list[NodeProc], step_s: int

@@ -161,7 +161,8 @@ def test_a_step_that_ends_while_the_time_line_was_behind_is_not_a_new_step() -> 
     for local in range(0, 3000, 100):  # read 1.2 s late, own records appended on time
         clock.observe(BASE + local, local + 1200, sent_at=local - 1)
     line = clock.now(3000)
-    assert line is not None and line < BASE + 3000 - 1000  # behind: it has not caught up yet
+    assert line is not None
+    assert line < BASE + 3000 - 1000  # behind: it has not caught up yet
     (step,) = _feed(clock, 3000, 4000, 60_000)
     assert not step.adopted
     assert _feed(clock, 4000, 5000, 0, own=True) == []  # the step is over; the 1.2 s is a catch-up
@@ -169,3 +170,54 @@ def test_a_step_that_ends_while_the_time_line_was_behind_is_not_a_new_step() -> 
     now = clock.now(5003)
     assert now is not None
     assert abs(now - (BASE + 5003)) < 10
+
+
+def test_a_peers_hold_written_before_the_step_ended_is_not_joined_by_a_node_that_saw_it_end() -> None:
+    """Reproduced (simulator): the leader's clock came back; a peer's record written while it still held the step
+    was appended 1.5 s after the peer took its time line (a slow append), so its line read as 1.5 s behind the
+    brokers' clock. Nodes that had just ended their own hold joined that 'step', and ticks went out late."""
+    clock = _clock()
+    _feed(clock, 0, 1000, 0, own=True)
+    _feed(clock, 1000, 5000, -60_000, own=True)
+    assert clock.holding
+    _feed(clock, 5000, 6000, 0, own=True)
+    assert not clock.holding
+    assert clock.observe(BASE + 6000, 6003, peer_hold=(BASE + 6000 - 1500, 4000)) is None
+    assert not clock.holding
+    now = clock.now(6003)
+    assert now is not None
+    assert abs(now - (BASE + 6003)) < 10
+
+
+def test_a_starting_node_joins_a_step_back_its_peers_hold_when_its_own_record_comes_back() -> None:
+    """The records read while starting: older ones stamped before a step back (they outweigh the newer in the
+    estimate), newer ones by the broker 60 s behind, from a ready peer holding the step. The node joins when its
+    first own record comes back, on the held (true) line."""
+    clock = _clock()
+    before = [(BASE + t, 3500, True, None) for t in range(0, 1000, 100)]
+    during = [(BASE - 60_000 + t, 3500, True, (BASE + t, t - 1000)) for t in range(1000, 3000, 500)]
+    clock.prime(before + during, max_age_ms=1000)
+    assert clock.join_pending
+    (joined,) = [s for s in [clock.observe(BASE - 60_000 + 3501, 3504, sent_at=3500)] if s is not None]
+    assert joined.joined
+    now = clock.now(3504)
+    assert now is not None
+    assert abs(now - (BASE + 3504)) < 10
+
+
+def test_a_starting_node_does_not_join_a_hold_whose_step_ended_before_its_own_record_came_back() -> None:
+    clock = _clock()
+    clock.prime([(BASE + 60_000 + t, 2000, True, (BASE + t, 5000)) for t in range(1000, 2000, 200)], max_age_ms=1000)
+    assert clock.join_pending
+    assert clock.observe(BASE + 2001, 2004, sent_at=2000) is None  # the leader's clock is the true one again
+    assert not clock.holding
+    now = clock.now(2004)
+    assert now is not None
+    assert abs(now - (BASE + 2004)) < 10
+
+
+def test_a_hold_that_the_peers_latest_record_no_longer_carries_is_not_joined() -> None:
+    clock = _clock()
+    held = [(BASE + 60_000 + t, 2000, True, (BASE + t, 5000)) for t in range(1000, 1800, 200)]
+    clock.prime([*held, (BASE + 61_900, 2000, True, None)], max_age_ms=1000)
+    assert not clock.join_pending

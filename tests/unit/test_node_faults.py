@@ -22,6 +22,7 @@ from celery_kafka_beat.protocol import (
     Dispatch,
     NodeCore,
     NodeSettings,
+    Note,
     Truncate,
 )
 from celery_kafka_beat.protocol import bootstrap as bootstrap_module
@@ -384,3 +385,32 @@ def test_the_old_rule_ready_at_hello_without_a_ready_session_loses_ticks(monkeyp
     loops = _rolling_restart_beside_a_crash_loop(cluster)
     assert [r for _, r in cluster.log if isinstance(r, wire.Claim) and r.session in loops] != []
     assert cluster.missing(set(ENTRIES), start, cluster.now - PERIOD) != []
+
+
+def test_a_node_starting_during_a_held_step_joins_it_from_the_records_it_read_before_its_hello() -> None:
+    """Reproduced (real brokers, a leader 60 s fast): a node started during the step claimed its new entry as soon
+    as its hello came back, before any peer record read after it made it join the hold; the records it read while
+    starting never reached its time line. So its claim carried no held line, and the entry's first tick came a
+    step late. The records read while starting now give the hold to join, and the node joins it when its hello
+    comes back: not from those records' timestamps, which were read up to a heartbeat after their append (a line
+    joined from them lagged by that much, and the first tick went out early)."""
+    step = 60_000
+    state = ClusterState()
+    state.apply(0, BASE + step, wire.Hello(session="p", seq=0, node="peer", lease_ms=1000, catalog="c"))
+    assert state.is_ready("p")  # the only session: ready
+    recent: list[tuple[int, int, wire.Record | None]] = []
+    for i in range(1, 6):  # the peer holds the step: its line is the true time, the broker's clock 60 s ahead
+        hb = wire.Heartbeat(session="p", seq=i, hold=(BASE + 100 * i, 20_000))
+        state.apply(i, BASE + step + 100 * i, hb)
+        recent.append((BASE + step + 100 * i, 1400, hb))  # all read at 1400, up to 900 ms after their append
+    settings = NodeSettings(node="new", lease_ms=1000, heartbeat_ms=250, probation_ms=2000)
+    core = NodeCore(settings, {"n0"}, IntervalSchedule({"n0": PERIOD}), lambda: "new.1", state)
+    core.prime_clock(recent)
+    hello = next(a.record for a in core.start(1400) if isinstance(a, Append) and isinstance(a.record, wire.Hello))
+    notes = core.on_record(6, BASE + step + 1401, hello, 1404)
+    assert any(isinstance(n, Note) and "holding a broker clock step" in n.message for n in notes)
+    assert core.live
+    hold = core.clock.hold(1404)
+    assert hold is not None
+    assert abs(hold[0] - (BASE + 1404)) < 10  # the held (true) line: neither 60 s ahead nor 900 ms behind
+    assert hold[1] >= 20_000  # and the peer's time held so far

@@ -414,6 +414,7 @@ def test_a_crash_looping_replica_is_never_made_ready_over_an_older_session() -> 
     assert log.state.is_ready("b1")
     assert log.state.ready_live == 1
 
+
 @pytest.mark.parametrize("step", [60_000, -60_000])
 def test_an_entry_that_never_ran_counts_from_the_claimers_time_line_during_a_broker_clock_step(step: int) -> None:
     """Reproduced (real brokers, a leader 60 s fast): a new entry first claimed during the step counted its ticks
