@@ -196,6 +196,13 @@ class BrokerClock:
             # the time line was behind (built while it read late). Catching up is not another step.
             self._offset, self._step_since, self._judged_at = broker, None, now
             return None
+        if self._step_since is not None and self._step_joined and 0 < broker - reference <= 2 * self.step_ms:
+            # A joined hold is the peer's time line, as late as the peer's reads were (up to a step) and the append
+            # of the record it was taken from: when the brokers' clock comes back within that much ahead of it, the
+            # step is over and the line catches up (without this, the residual was held as a step of its own,
+            # peers joined it, and all adopted it a hold later: ticks a second late; soak seed 401566).
+            self._offset, self._step_since, self._judged_at = broker, None, now
+            return None
         if self._step_since is None:
             self._step_upper, self._step_joined = upper, False
         if self._step_since is None or abs(broker - self._step_to) > self.step_ms:

@@ -221,3 +221,20 @@ def test_a_hold_that_the_peers_latest_record_no_longer_carries_is_not_joined() -
     held = [(BASE + 60_000 + t, 2000, True, (BASE + t, 5000)) for t in range(1000, 1800, 200)]
     clock.prime([*held, (BASE + 61_900, 2000, True, None)], max_age_ms=1000)
     assert not clock.join_pending
+
+
+def test_a_joined_hold_whose_peer_read_late_ends_with_the_step() -> None:
+    """Reproduced (simulator): a node joined the hold of a peer whose time line was a second behind (it had read
+    late); when the leader's clock came back, that second looked like a step of its own, was held, joined by the
+    others and adopted a hold later: ticks a second late. A joined line within two steps behind the brokers' clock
+    when a step ends catches up."""
+    clock = _clock()
+    peer_line = BASE + 1000 - 1500  # the peer's line, 1.5 s behind
+    (joined,) = [s for s in [clock.observe(BASE + 60_000 + 1000, 1003, peer_hold=(peer_line, 5000))] if s]
+    assert joined.joined
+    assert _feed(clock, 1100, 3000, 60_000, own=True) == []
+    assert _feed(clock, 3000, 4000, 0, own=True) == []  # the step ends: 1.5 s ahead of the joined line
+    assert not clock.holding
+    now = clock.now(4003)
+    assert now is not None
+    assert abs(now - (BASE + 4003)) < 10
