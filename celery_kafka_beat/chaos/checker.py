@@ -443,6 +443,10 @@ class _Decisions:
     gaps: int
     zombies: int  # decide records ignored: their epoch was superseded when they landed
     claims: dict[int, int] = field(default_factory=dict)  # offset -> broker time of each claim of a live session
+    moves: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    """Per entry, (broker time, "claim" or "release", node) of each by a live session, in log order; a release
+    record without items (runs before they were logged) counts for every entry of its node."""
+    ready: dict[str, list[int]] = field(default_factory=dict)  # node -> broker times of its ready records
 
 
 def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
@@ -456,6 +460,9 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
         return None
     nodes: dict[str, str] = {}
     claims: dict[int, int] = {}
+    moves: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    blind_releases: list[tuple[int, str]] = []  # releases logged without their items
+    ready: dict[str, list[int]] = defaultdict(list)
     items: list[tuple[str, int, int, int, str]] = []  # entry, tick, epoch, broker time, node; in log order
     offsets: list[int] = []
     gaps = dead = 0
@@ -505,6 +512,16 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
                         ended.add(str(target))
             elif kind == "claim":
                 claims[offset] = at
+                for entry in _get(obj, "e", list) if "e" in obj else []:
+                    moves[str(entry)].append((at, "claim", nodes[session]))
+            elif kind == "release":
+                if "i" in obj:
+                    for entry, _epoch in _get(obj, "i", list):
+                        moves[str(entry)].append((at, "release", nodes[session]))
+                else:
+                    blind_releases.append((at, nodes[session]))
+            elif kind == "ready":
+                ready[nodes[session]].append(at)
             elif kind == "decide":
                 node = nodes[session]
                 for entry, epoch, tick in _get(obj, "i", list):
@@ -531,7 +548,19 @@ def _read_decisions(path: Path, violations: list[str]) -> _Decisions | None:
         by_entry[entry].append(tick)
     for ticks in by_entry.values():
         ticks.sort()
-    return _Decisions(decided=dict(decided), by_entry=dict(by_entry), gaps=gaps, zombies=zombies, claims=claims)
+    for entry in by_entry:
+        for at, node in blind_releases:
+            moves[entry].append((at, "release", node))
+        moves[entry].sort()
+    return _Decisions(
+        decided=dict(decided),
+        by_entry=dict(by_entry),
+        gaps=gaps,
+        zombies=zombies,
+        claims=claims,
+        moves=dict(moves),
+        ready=dict(ready),
+    )
 
 
 def _read_replica_logs(logs: Path, group: str, violations: list[str]) -> tuple[dict[str, int], int]:
@@ -786,13 +815,19 @@ def _check_entry(
         i = bisect.bisect_right(received, tick)
         owner = copies[received[i - 1]][0].node if i > 0 else None
         if decisions is not None:
+            # The node that decided the entry's latest tick before this one owned it then: the sender of the
+            # previous received tick may be the next owner re-sending it (at-least-once), not the owner.
+            owner = _decider_before(decisions, entry, tick) or owner
             verdict = _judge_missing(config, entry, tick, decisions, unclean)
         else:
             verdict = _judge_missing_heuristic(config, tick, i, received, copies, unclean)
         charged = _charged(config, tick, owner, faults)
+        moving = charged is not None and decisions is not None and _moving_to(decisions, entry, tick, charged, config)
+        if moving:
+            charged = None  # the entry was moving to the faulted replica: its own cost
         if charged is not None:
             verdict = "lost"
-        missing.append(_Missing(entry=entry, tick=tick, owner=owner, verdict=verdict, charged=charged))
+        missing.append(_Missing(entry=entry, tick=tick, owner=owner, verdict=verdict, charged=charged, moving=moving))
     lost = [m.tick for m in missing if m.verdict == "lost" and m.charged is None]
     if lost:
         violations.append(f"entry {entry}: missing ticks, a loss outside the policy: {_examples(lost)}")
@@ -829,9 +864,10 @@ def _check_entry(
 class _Missing:
     entry: str
     tick: int
-    owner: str | None  # the node that sent the entry's previous received tick
+    owner: str | None  # who decided the entry's previous decided tick (else sent its previous received one)
     verdict: str  # "once", "at-most-once" or "lost"
     charged: _Fault | None  # the no-loss fault it is charged to (then verdict is "lost")
+    moving: bool = False  # the entry was moving to the replica a no-loss fault hit (see _moving_to)
 
 
 def _judge_missing_heuristic(  # noqa: PLR0917 - the tick and its place among the received ones
@@ -876,6 +912,35 @@ def _no_loss_extra_ms(config: _GroupConfig, f: _Fault) -> int:
     return config.probation_ms if f.kind in ("deaf", "crash-loop") else 0
 
 
+def _decider_before(decisions: _Decisions, entry: str, tick: int) -> str | None:
+    """The node whose decision of ``entry``'s latest tick before ``tick`` came first in the log."""
+    ticks = decisions.by_entry.get(entry, [])
+    i = bisect.bisect_left(ticks, tick)
+    if i == 0:
+        return None
+    return decisions.decided[(entry, ticks[i - 1])][0][2]
+
+
+def _moving_to(decisions: _Decisions, entry: str, tick: int, fault: _Fault, config: _GroupConfig) -> bool:
+    """Whether ``entry`` was moving to a replica ``fault`` hit when ``tick`` fell due: that replica had claimed it
+    (its latest claim before the tick), or its owner had released it and nobody had claimed it since, within
+    lease + 1 s after the hit replica said ``ready`` (the release was for it: a rebalance towards a new candidate).
+    Either way the entry was the hit replica's, or on its way to it, and the tick answers to that fault."""
+    moves = [m for m in decisions.moves.get(entry, []) if m[0] <= tick]
+    if not moves:
+        return False
+    at, what, node = moves[-1]
+    if what == "claim":
+        return fault.hits(node)
+    bound = config.lease_ms + AMO_AFTER_MS
+    return any(
+        ready <= at <= ready + bound and tick - at <= bound
+        for target, times in decisions.ready.items()
+        if fault.hits(target)
+        for ready in times
+    )
+
+
 def _charged(config: _GroupConfig, tick: int, owner: str | None, faults: list[_Fault]) -> _Fault | None:
     """The no-loss fault (poison, deaf, crash-loop) a missing tick is charged to, if any: the tick lies in the
     fault's window, its owner is not the fault's target, and no other fault (that excuses anything) hit its owner,
@@ -897,7 +962,9 @@ def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Deci
 
     Never decided: 'once' allows it when the entry's next decided tick was decided (broker time) more than the grace
     after ``tick``, so that ``tick`` was overdue past the grace when its owner planned. Decided but never published:
-    at-most-once allows it when an unclean fault hit the deciding node (or the brokers) around the tick.
+    at-most-once allows it when an unclean fault hit the deciding node (or the brokers) around the tick, or while
+    the decision was being published: decided (broker time) at most 1 s before the fault began and not after it
+    ended (a tick decided late, after an outage, by a node killed or stopped within a second of deciding it).
     """
     decided = decisions.decided.get((entry, tick))
     if decided is None:
@@ -910,10 +977,10 @@ def _judge_missing(config: _GroupConfig, entry: str, tick: int, decisions: _Deci
         return "lost"
     if config.delivery != "at-most-once":
         return "lost"
-    for _, epoch, node in decided:
+    for at, epoch, node in decided:
         for f in unclean:
             lo, hi = f.window(config.lease_ms)
-            if not (lo <= tick <= hi and f.hits(node)):
+            if not ((lo <= tick <= hi or lo <= at <= f.end) and f.hits(node)):
                 continue
             # A deaf replica answers only for the entries it owned before it went deaf: one it was granted while it
             # could not read was taken from someone (it must never take entries it cannot run).
@@ -939,7 +1006,7 @@ def _near(config: _GroupConfig, faults: list[_Fault], missing: list[_Missing]) -
             if not covering:
                 continue
             near += 1
-            if any(f.hits(m.owner) for f in covering):
+            if m.moving or any(f.hits(m.owner) for f in covering):
                 continue
             healthy += 1
             ns = {f.n for f in covering}

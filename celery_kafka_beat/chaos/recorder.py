@@ -215,6 +215,8 @@ class SyncLog:
                 line |= {"node": record.node, "lease": record.lease_ms, "v": record.version}
             case wire.Claim():
                 line |= {"e": list(record.entries)}
+            case wire.Release():
+                line |= {"i": [list(item) for item in record.items]}
             case wire.Decide():
                 line |= {"i": [[i.entry, i.epoch, i.tick] for i in record.items], "a": record.ack}
             case wire.Expire():

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from celery_kafka_beat.chaos.checker import NearStats, Report, check, main, percentile, render_text, to_json
 from celery_kafka_beat.chaos.report import write_report
 
@@ -604,3 +606,81 @@ def test_report_keeps_earlier_runs_as_published(tmp_path: Path) -> None:
     assert out.read_text() == md
     write_report([run], out, out.parent, method="new method", keep_earlier=False)
     assert "Earlier runs" not in out.read_text()
+
+
+# --- checker rules found by the 30-minute run of issue 12 ---------------------------------------------------------
+
+
+def test_the_owner_of_a_missing_tick_is_who_decided_the_one_before_not_who_re_sent_it(tmp_path: Path) -> None:
+    # Given X decided ticks 0-3 and was killed; Y re-sent tick 3 (at-least-once) and, 'once', decided 5 on; tick 4
+    # never decided; and a third replica deaf at the same time
+    ticks = [tick(k) for k in range(3)] + [tick(3, node=Y, late=2000)]
+    ticks += [tick(k, node=Y, late=250 if k == 5 else 5) for k in range(5, 11)]
+    decided = {k: (k * 1000 - 250, X) for k in range(4)} | {k: (max(5200, k * 1000 - 250), Y) for k in range(5, 11)}
+    faults = [*fault(1, "kill", X, T0 + 3100, T0 + 3500), *fault(2, "deaf", "g-r3-1", T0 + 3000, T0 + 3500)]
+    run = make_run(tmp_path, ticks, catchup="once", faults=faults)
+    sync_log(run, decided)
+    # Then tick 4 was X's, killed: not charged to the deaf replica (it was, when Y counted as its owner)
+    report = check(run)
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_once == 1
+
+
+def test_at_most_once_allows_a_tick_decided_late_by_a_node_stopped_within_a_second_of_deciding_it(
+    tmp_path: Path,
+) -> None:
+    # Given X decided ticks 4 and 5 late (at T0 + 5.9 s, after an outage) and was stopped at T0 + 6.5 s, before it
+    # published them; it went on with tick 6
+    ticks = [tick(k) for k in range(11) if k not in (4, 5)]
+    decided = {k: (k * 1000 - 250, X) for k in range(4)} | {4: (5900, X), 5: (5900, X)}
+    decided |= {k: (max(5950, k * 1000 - 250), X) for k in range(6, 11)}
+    stop = fault(1, "stop", X, T0 + 6500, T0 + 7000)
+    run = make_run(tmp_path / "stop", ticks, delivery="at-most-once", faults=stop)
+    sync_log(run, decided)
+    report = check(run)
+    # Then both are allowed: the stop hit their publish, although the ticks were due before its window
+    assert report.ok, report.violations
+    assert report.groups["g"].total.missing_at_most_once == 2
+    # But not when the decision came after the fault ended
+    run = make_run(tmp_path / "after", ticks, delivery="at-most-once", faults=stop)
+    sync_log(run, {**decided, 4: (7100, X), 5: (7100, X)} | {k: (max(7150, k * 1000 - 250), X) for k in range(6, 11)})
+    report = check(run)
+    assert report.groups["g"].total.missing_not_allowed == 2
+
+
+def _moving_log(path: Path, *, claimed: bool) -> None:
+    """X owns e and decides 0-3; Z says ready at T0 + 2.5 s, X releases e at T0 + 2.8 s, Z claims it at T0 + 2.9 s
+    (if ``claimed``); X claims it back at T0 + 6 s and decides 6 on."""
+    z = "g-r3-1"
+    lines: list[dict[str, object]] = [
+        {"o": 0, "t": T0 - 9000, "s": "sx", "k": "hello", "node": X},
+        {"o": 1, "t": T0 - 9000, "s": "sz", "k": "hello", "node": z},
+        {"o": 2, "t": T0 - 8000, "s": "sx", "k": "claim", "e": ["e"]},
+    ]
+    lines += [
+        {"o": 10 + k, "t": T0 + k * 1000 - 250, "s": "sx", "k": "decide", "i": [["e", 2, T0 + k * 1000]]}
+        for k in range(4)
+    ]
+    lines.append({"o": 20, "t": T0 + 2500, "s": "sz", "k": "ready"})
+    lines.append({"o": 21, "t": T0 + 2800, "s": "sx", "k": "release", "i": [["e", 2]]})
+    if claimed:
+        lines.append({"o": 22, "t": T0 + 2900, "s": "sz", "k": "claim", "e": ["e"]})
+    lines.append({"o": 30, "t": T0 + 6000, "s": "sx", "k": "claim", "e": ["e"]})
+    lines += [
+        {"o": 30 + k, "t": T0 + max(6100, k * 1000 - 250), "s": "sx", "k": "decide", "i": [["e", 30, T0 + k * 1000]]}
+        for k in range(6, 11)
+    ]
+    (path / "sync-g.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("claimed", [True, False], ids=["claimed", "released"])
+def test_ticks_of_an_entry_moving_to_a_replica_that_went_deaf_answer_to_it(tmp_path: Path, claimed: bool) -> None:
+    # Given Z became ready, X released e for it (and Z claimed it, or not yet), and Z went deaf: ticks 4, 5 lost
+    ticks = [tick(k, late=1001 if k == 6 else 5) for k in range(11) if k not in (4, 5)]
+    deaf = fault(1, "deaf", "g-r3-1", T0 + 3000, T0 + 3500)
+    run = make_run(tmp_path, ticks, delivery="at-most-once", catchup="once", faults=deaf)
+    _moving_log(run, claimed=claimed)
+    # Then they are the deaf replica's own cost: the entry was its, or on its way to it
+    report = check(run)
+    assert report.ok, report.violations
+    assert report.groups["g"].near["deaf"].healthy == 0
