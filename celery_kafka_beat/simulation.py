@@ -933,6 +933,22 @@ class Simulation:
             end = next((e for (b, _), (e, _) in stretches if b <= at < e), self.now)
             self._mark(at - max(0, -offset), end + s.clock_hold_ms + abs(offset) + 4 * s.lease_ms)
 
+    def _line_lag_after(self, at: int) -> int:
+        """How far behind true time a time line taken up after ``at`` may run: the largest negative offset among
+        the clocks adopted after it (a stretch as leader of at least a hold, less two leases) and those a node
+        took up alone after it (see _early_allowance). Bounded by the clocks' offsets (at most 5 minutes)."""
+        s = self.sc.settings
+        lag = 0
+        stretches = list(itertools.pairwise([*self.leadership, (self.now, -1)]))
+        for (start, leader), (end, _) in stretches:
+            adopted = start + s.clock_hold_ms - 2 * s.lease_ms
+            if end - start >= s.clock_hold_ms - 2 * s.lease_ms and adopted >= at:
+                lag = max(lag, -self.sc.clocks[leader])
+        for taken, offset in self._lonely_takeups:
+            if taken >= at:
+                lag = max(lag, -offset)
+        return lag
+
     def _check_ticks(self) -> None:
         """Liveness in calm stretches, and the catch-up policy for every skipped tick."""
         s = self.sc.settings
@@ -973,8 +989,11 @@ class Simulation:
                 if entry not in runnable_now or offset < last_genesis or (entry, tick) in self.dispatched:
                     continue
                 # (A tick decided on a time line ahead of true time, an adopted clock step, is published when it
-                # falls due: only ticks due before the last change must have gone out.)
-                if self.log[offset].appended_at < self.last_change and tick - self.base_offset < self.last_change:
+                # falls due: only ticks due before the last change must have gone out. Likewise a tick decided
+                # before the nodes took up a clock behind true time: it falls due that much later, by that clock.)
+                decided_at = self.log[offset].appended_at
+                lag = self._line_lag_after(decided_at)
+                if decided_at < self.last_change and tick - self.base_offset < self.last_change - lag:
                     self._fail(f"tick ({entry}, {tick}) was decided (at-least-once) but never published")
                     return
         # Calm stretches: every tick of an entry that some healthy node can run must be decided, within grace.
