@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import celery_kafka_beat
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol import ClusterState
+from celery_kafka_beat.protocol.assignment import Rendezvous
 from celery_kafka_beat.runtime import read_topic
 from celery_kafka_beat.runtime.kafka import LogRecord
 
@@ -312,3 +313,26 @@ def goodbye_time(records: Iterable[LogRecord], session: str) -> int | None:
         if isinstance(r.record, wire.Goodbye) and r.record.session == session:
             return r.timestamp
     return None
+
+
+def proc_owners(nodes: Iterable[NodeProc]) -> dict[str, list[str]]:
+    owners: dict[str, list[str]] = defaultdict(list)
+    for n in nodes:
+        for e in n.owned():
+            owners[e].append(n.name)
+    return owners
+
+
+def procs_settled(nodes: list[NodeProc], entries: Iterable[str]) -> dict[str, list[str]] | None:
+    """The ownership, once it is the rendezvous assignment among the live sessions (the stable state)."""
+    sessions = {}
+    for n in nodes:
+        status = n.status()
+        if n.alive() and status is not None and status["live"]:
+            sessions[status["session"]] = n.name
+    if not sessions:
+        return None
+    rv = Rendezvous()
+    expected = {e: [sessions[str(rv.choose(e, sessions))]] for e in entries}
+    owners = proc_owners(nodes)
+    return owners if owners == expected else None

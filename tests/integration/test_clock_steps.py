@@ -37,7 +37,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -49,10 +48,19 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from celery_kafka_beat import wire
 from celery_kafka_beat.devkafka import DevKafkaError, KafkaCluster
-from celery_kafka_beat.protocol.assignment import Rendezvous
 from celery_kafka_beat.runtime import read_topic
 
-from .runtime_support import NodeProc, all_dispatches, cleanup, duplicates, fold_topic, make_node, now_ms, wait_for
+from .runtime_support import (
+    NodeProc,
+    all_dispatches,
+    cleanup,
+    duplicates,
+    fold_topic,
+    make_node,
+    now_ms,
+    procs_settled,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.kafka3, pytest.mark.timeout(150)]
 
@@ -170,7 +178,7 @@ def start_nodes(cluster: KafkaCluster, topic: str, workdir: Path, procs: list[No
         n.start()
     for n in nodes:
         n.wait_ready(START_S)
-    wait_for(lambda: settled(nodes), SETTLE_S, "every entry owned once (the rendezvous assignment)")
+    wait_for(lambda: procs_settled(nodes, ENTRIES), SETTLE_S, "every entry owned once (the rendezvous assignment)")
     cluster.move_leader(topic, 0, TRUE_BROKER)
     return nodes
 
@@ -181,24 +189,6 @@ def all_in_sync(cluster: KafkaCluster, topic: str) -> bool:
         return len(cluster.partition_state(topic).isr) == 3
     except DevKafkaError:
         return False
-
-
-def settled(nodes: list[NodeProc]) -> dict[str, list[str]] | None:
-    """The ownership, once it is the rendezvous assignment among the live sessions."""
-    sessions = {}
-    for n in nodes:
-        status = n.status()
-        if n.alive() and status is not None and status["live"]:
-            sessions[status["session"]] = n.name
-    if not sessions:
-        return None
-    rv = Rendezvous()
-    expected = {e: [sessions[str(rv.choose(e, sessions))]] for e in ENTRIES}
-    owners: dict[str, list[str]] = defaultdict(list)
-    for n in nodes:
-        for e in n.owned():
-            owners[e].append(n.name)
-    return owners if owners == expected else None
 
 
 def sessions_of(nodes: Iterable[NodeProc]) -> dict[str, str]:
@@ -290,6 +280,20 @@ def missing_ticks(dispatches: list[dict[str, Any]], entry: str, start_ms: int, e
     return sorted(set(expected) - set(ticks))
 
 
+def stopped_and_checked(
+    bootstrap: str, topic: str, stopping: Iterable[NodeProc], dispatched: Iterable[NodeProc]
+) -> list[dict[str, Any]]:
+    """Stop ``stopping`` cleanly, then check every dispatch of ``dispatched``: no tick twice, each validly decided
+    in the fold of the topic. Returns the dispatches."""
+    for n in stopping:
+        assert n.terminate() == 0
+    dispatches = all_dispatches(dispatched)
+    dups = duplicates(dispatches)
+    assert not dups, dups
+    assert_valid_decisions(bootstrap, topic, dispatches)
+    return dispatches
+
+
 def assert_valid_decisions(bootstrap: str, topic: str, dispatches: list[dict[str, Any]]) -> None:
     fold = fold_topic(bootstrap, topic)
     assert fold.from_offset <= 2, "the topic was truncated: cannot check every decision"
@@ -340,12 +344,7 @@ def test_leader_on_a_stepped_broker_and_back(
         "every entry dispatching after the step",
     )
     assert sessions_of(nodes) == sessions, "a session ended during the step"
-    for n in nodes:
-        assert n.terminate() == 0
-    dispatches = all_dispatches(nodes)
-    dups = duplicates(dispatches)
-    assert not dups, dups
-    assert_valid_decisions(cluster.bootstrap_servers, topic_name, dispatches)
+    dispatches = stopped_and_checked(cluster.bootstrap_servers, topic_name, nodes, nodes)
     missing = {e: m for e in ENTRIES if (m := missing_ticks(dispatches, e, step_at, back_at + PERIOD_MS))}
     assert not missing, f"ticks not dispatched around the step: {missing}"
     during = lateness(dispatches, step_at, back_at + PERIOD_MS)
@@ -380,7 +379,7 @@ def test_crashed_owner_taken_over(
         cluster.set_clock_offset(SKEWABLE_BROKER, step_s)
         step_at, _ = move_leader_and_wait(cluster, topic_name, SKEWABLE_BROKER, step_s)
         wait_for_step_warnings(nodes, way_of(step_s))
-        owners = settled(nodes)
+        owners = procs_settled(nodes, ENTRIES)
         assert owners is not None, "the ownership changed when the step began"
         victim = max(nodes, key=lambda n: sum(1 for o in owners.values() if o == [n.name]))
         lost = sorted(e for e, o in owners.items() if o == [victim.name])
@@ -405,12 +404,7 @@ def test_crashed_owner_taken_over(
     wait_for(
         partial(ticks_dispatched_since, others, back_at + 2 * PERIOD_MS, ENTRIES), 10, "every entry dispatching after"
     )
-    for n in others:
-        assert n.terminate() == 0
-    dispatches = all_dispatches(nodes)
-    dups = duplicates(dispatches)
-    assert not dups, dups
-    assert_valid_decisions(cluster.bootstrap_servers, topic_name, dispatches)
+    dispatches = stopped_and_checked(cluster.bootstrap_servers, topic_name, others, nodes)
     takeover = {e: d["wall_ms"] - kill_ms for e, d in firsts.items()}
     kept = [e for e in ENTRIES if e not in lost]
     missing = {e: m for e in kept if (m := missing_ticks(dispatches, e, step_at, back_at + PERIOD_MS))}
@@ -477,12 +471,7 @@ def test_a_new_entry_first_claimed_during_a_step_ticks_a_period_after_its_claim(
         "both entries dispatching after the step",
     )
     assert sessions_of(nodes) == sessions, "a session ended during the step"
-    for n in nodes:
-        assert n.terminate() == 0
-    dispatches = all_dispatches(nodes)
-    dups = duplicates(dispatches)
-    assert not dups, dups
-    assert_valid_decisions(bootstrap, topic_name, dispatches)
+    dispatches = stopped_and_checked(bootstrap, topic_name, nodes, nodes)
     records = fold_topic(bootstrap, topic_name).records
     epoch = next(
         item.epoch

@@ -36,6 +36,7 @@ from .runtime_support import (
     goodbye_time,
     make_node,
     now_ms,
+    procs_settled,
     wait_for,
 )
 
@@ -158,29 +159,6 @@ def start_all(nodes: list[NodeProc]) -> None:
         n.start()
     for n in nodes:
         n.wait_ready(START_S)
-
-
-def proc_owners(nodes: Iterable[NodeProc]) -> dict[str, list[str]]:
-    owners: dict[str, list[str]] = defaultdict(list)
-    for n in nodes:
-        for e in n.owned():
-            owners[e].append(n.name)
-    return owners
-
-
-def procs_settled(nodes: list[NodeProc], entries: Iterable[str]) -> dict[str, list[str]] | None:
-    """The ownership, once it is the rendezvous assignment among the live sessions (the stable state)."""
-    sessions = {}
-    for n in nodes:
-        status = n.status()
-        if n.alive() and status is not None and status["live"]:
-            sessions[status["session"]] = n.name
-    if not sessions:
-        return None
-    rv = Rendezvous()
-    expected = {e: [sessions[str(rv.choose(e, sessions))]] for e in entries}
-    owners = proc_owners(nodes)
-    return owners if owners == expected else None
 
 
 def busiest(owners: Mapping[str, list[str]], nodes: Iterable[NodeProc]) -> tuple[NodeProc, list[str]]:
