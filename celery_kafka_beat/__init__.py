@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from celery_kafka_beat.scheduler import KafkaScheduler
 
-__all__ = ["KafkaScheduler"]
+__all__ = ["KafkaScheduler", "__version__"]
+
+#: The one place the version is set (pyproject.toml reads it from here).
+__version__ = "0.1.0.dev0"
 
 
 def __getattr__(name: str) -> Any:

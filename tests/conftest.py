@@ -1,7 +1,9 @@
 """Shared fixtures: real Kafka brokers for integration tests (see docs/devkafka.md).
 
-* ``kafka_bootstrap`` (session): bootstrap servers of a 1-node cluster started for the session, or of the
-  existing cluster named by ``$CKB_KAFKA_BOOTSTRAP``. Fails (never skips) when Kafka is unavailable.
+* ``kafka_bootstrap`` (session): bootstrap servers of a 1-node cluster started for the session (of
+  ``$CKB_KAFKA_VERSION``, default the newest pinned version), or of the existing cluster named by
+  ``$CKB_KAFKA_BOOTSTRAP``; the package's pytest plugin provides it (``kafka_beat_bootstrap``). Fails (never skips)
+  when Kafka is unavailable.
 * ``kafka_cluster3`` (session): a 3-node :class:`KafkaCluster`, started only if a test requests it. Tests that
   kill, stop or pause brokers must bring them back (``restart_broker`` / ``resume_broker``) before returning.
 * ``kafka_cluster3_skewable`` (session): another 3-node cluster whose broker ``SKEWABLE_BROKER`` (2) runs under
@@ -25,13 +27,11 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from celery_kafka_beat.devkafka import DevKafkaError, KafkaCluster
-from celery_kafka_beat.devredis import LocalRedis, RedisUnavailable, redis_answers
+from celery_kafka_beat.testing.devkafka import KafkaCluster
+from celery_kafka_beat.testing.devredis import LocalRedis, RedisUnavailable, redis_answers
 
-BOOTSTRAP_ENV = "CKB_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CKB_REDIS_URL"
 # Why 3 s (default 9 s): after a broker crash the controller fences it and moves leadership once this expires;
 # fault tests then wait ~3 s instead of ~9 s.
@@ -43,34 +43,24 @@ SKEWABLE_BROKER = 2
 # (measured), close enough to a 3 s lease to end the replicas' sessions. Clock-step tests move leaders to step the
 # clock; with 100 ms a move holds appends for 0.15-0.6 s.
 SKEWABLE_CLUSTER_PROPS = {"replica.fetch.backoff.ms": 100}
-# Why 15 s: an existing cluster on loopback/LAN answers metadata in milliseconds; a slow remote one still fits.
-_EXISTING_CLUSTER_TIMEOUT_S = 15.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests by the Kafka fixtures they use (directly or through other fixtures)."""
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if "kafka_bootstrap" in names:
+        if "kafka_bootstrap" in names or "kafka_beat_bootstrap" in names:
             item.add_marker(pytest.mark.kafka)
         if "kafka_cluster3" in names:
             item.add_marker(pytest.mark.kafka3)
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a running Kafka (existing via $CKB_KAFKA_BOOTSTRAP, else a fresh 1-node one)."""
-    existing = os.environ.get(BOOTSTRAP_ENV, "").strip()
-    if existing:
-        admin = AdminClient({"bootstrap.servers": existing})
-        try:
-            admin.list_topics(timeout=_EXISTING_CLUSTER_TIMEOUT_S)
-        except KafkaException as exc:
-            raise DevKafkaError(f"${BOOTSTRAP_ENV}={existing} is not reachable: {exc}") from exc
-        yield existing
-        return
-    with KafkaCluster(nodes=1) as cluster:  # a DevKafkaError here errors every Kafka test: intended
-        yield cluster.bootstrap_servers
+def kafka_bootstrap(kafka_beat_bootstrap: str) -> str:
+    """Bootstrap servers of a running Kafka: the plugin's fixture (``celery_kafka_beat.testing.pytest_plugin``:
+    $CKB_KAFKA_BOOTSTRAP, else a fresh 1-node cluster of $CKB_KAFKA_VERSION), so that the tests of the plugin and the
+    rest share one broker."""
+    return kafka_beat_bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The short chaos run of the default suite: the real harness (3 Kafka brokers, real ``celery beat`` replicas,
 Redis, the recorder) with a fixed seed whose plan has every fault kind once, in both delivery modes, judged by
-the checker. The long run is ``python -m celery_kafka_beat.chaos run --minutes 30 --report docs/reliability.md``.
+the checker. The long run is ``python -m proof.chaos run --minutes 30 --report docs/reliability.md``.
 
 Seed 11's plan runs the crash loop through a rolling restart, which restarts every replica faster than the
 probation: a stretch with no ready session, in which protocol 2's first rule made each crash-looping hello ready
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from celery_kafka_beat.chaos import checker
-from celery_kafka_beat.chaos.harness import KINDS, GroupSpec, Harness, default_entries, make_plan
-from celery_kafka_beat.chaos.poison import REPRODUCED, poison_values
 from celery_kafka_beat.wire import WireError, decode
+from proof.chaos import checker
+from proof.chaos.harness import KINDS, GroupSpec, Harness, default_entries, make_plan
+from proof.chaos.poison import REPRODUCED, poison_values
 
 SEED = 11
 

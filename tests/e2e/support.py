@@ -22,7 +22,7 @@ from typing import Any
 from kombu import Message
 
 import celery_kafka_beat
-from celery_kafka_beat.chaos.recorder import consume
+from proof.chaos.recorder import consume
 
 PACKAGE_PARENT = Path(celery_kafka_beat.__file__).resolve().parent.parent
 APP = "tests.e2e.celeryapp"

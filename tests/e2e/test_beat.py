@@ -15,9 +15,9 @@ from pathlib import Path
 import ephem
 import pytest
 
-from celery_kafka_beat.devkafka import KafkaCluster
-from celery_kafka_beat.devredis import LocalRedis
 from celery_kafka_beat.scheduler import tick_task_id
+from celery_kafka_beat.testing.devkafka import KafkaCluster
+from celery_kafka_beat.testing.devredis import LocalRedis
 from tests.e2e.support import CeleryProc, Deployment, Received, Recorder, duplicates, percentile, wait_complete
 
 #: Entries every second with Celery's relative=True: ticks fall on whole seconds, so a test can pick a moment

@@ -50,7 +50,7 @@ def now_ms() -> int:
 
 @dataclass
 class NodeProc:
-    """One ``python -m celery_kafka_beat.runtime.nodeproc`` process and its files."""
+    """One ``python -m proof.nodeproc`` process and its files."""
 
     name: str
     out: Path
@@ -203,7 +203,7 @@ def make_node(
         *prefix,
         sys.executable,
         "-m",
-        "celery_kafka_beat.runtime.nodeproc",
+        "proof.nodeproc",
         "--bootstrap",
         bootstrap,
         "--topic",

@@ -47,8 +47,8 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from celery_kafka_beat import wire
-from celery_kafka_beat.devkafka import DevKafkaError, KafkaCluster
 from celery_kafka_beat.runtime import read_topic
+from celery_kafka_beat.testing.devkafka import DevKafkaError, KafkaCluster
 
 from .runtime_support import (
     NodeProc,

@@ -1,5 +1,5 @@
-"""celery_kafka_beat.devkafka against real brokers: topics, idempotent produce, failover, start errors, CLI, broker
-clock steps (libfaketime) and partition leader moves."""
+"""celery_kafka_beat.testing.devkafka against real brokers: topics, idempotent produce, failover, start errors, CLI,
+broker clock steps (libfaketime) and partition leader moves."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from confluent_kafka import (
 # The admin classes are documented there but not re-exported in a way mypy's strict mode accepts.
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType  # type: ignore[attr-defined]
 
-from celery_kafka_beat.devkafka import DEFAULT_KAFKA_VERSION, DevKafkaError, KafkaCluster, assemble, faketime
-from celery_kafka_beat.devkafka.assembly import find_java
-from celery_kafka_beat.devkafka.reassign import decode_response, encode_request
+from celery_kafka_beat.testing.devkafka import DEFAULT_KAFKA_VERSION, DevKafkaError, KafkaCluster, assemble, faketime
+from celery_kafka_beat.testing.devkafka.assembly import find_java
+from celery_kafka_beat.testing.devkafka.reassign import decode_response, encode_request
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Why 60 s: generous bound for admin/produce/consume round trips that take milliseconds on loopback, and
@@ -292,7 +292,7 @@ def test_maven_failure_shows_its_output(tmp_path: Path) -> None:
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CKB_DEVKAFKA_HOME": str(home), "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "celery_kafka_beat.devkafka", *args],
+        [sys.executable, "-m", "celery_kafka_beat.testing.devkafka", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -21,11 +21,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.protocol import Dispatch, NodeSettings
 from celery_kafka_beat.protocol.assignment import Rendezvous
 from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime import KafkaNode, read_cluster_state
+from celery_kafka_beat.testing.devkafka import KafkaCluster
 
 from .runtime_support import (
     NodeProc,

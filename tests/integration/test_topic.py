@@ -10,10 +10,10 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
-from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.protocol import NodeSettings
 from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime import KafkaNode, TopicConfigError, ensure_topic
+from celery_kafka_beat.testing.devkafka import KafkaCluster
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,7 @@ from celery_kafka_beat.protocol import bootstrap as bootstrap_module
 from celery_kafka_beat.protocol import clock as clock_module
 from celery_kafka_beat.protocol import node as node_module
 from celery_kafka_beat.protocol import state as state_module
-from celery_kafka_beat.simulation import InvariantViolation, Simulation, make_scenario, run_range, run_seed
+from proof.simulation import InvariantViolation, Simulation, make_scenario, run_range, run_seed
 
 SEEDS = int(os.environ.get("CKB_SIM_SEEDS", "1000"))
 EVENTS = int(os.environ.get("CKB_SIM_EVENTS", "1000"))

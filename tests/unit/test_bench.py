@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import report
-from bench.app import entries
-from bench.harness import Received, pct, summary
-from bench.scenarios import _grid_outcome, spread_period
+from proof.bench import report
+from proof.bench.app import entries
+from proof.bench.harness import Received, pct, summary
+from proof.bench.scenarios import _grid_outcome, spread_period
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from celery_kafka_beat.chaos.checker import NearStats, Report, check, main, percentile, render_text, to_json
-from celery_kafka_beat.chaos.report import write_report
+from proof.chaos.checker import NearStats, Report, check, main, percentile, render_text, to_json
+from proof.chaos.report import write_report
 
 T0 = 1_795_930_020_000  # window start; the window is 10 s, so an entry every 1 s has 11 ticks
 END = T0 + 10_000

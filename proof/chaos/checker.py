@@ -75,7 +75,7 @@ Per group and entry, the rules are:
 
 Malformed lines are violations naming file and line; a fault that never ended is taken to end at the window's end.
 Catch-up 'skip' excuses no missing tick here (checked as strictly as 'all').
-Run ``python -m celery_kafka_beat.chaos check RUN``: it prints the summary and writes ``RUN/check.json``.
+Run ``python -m proof.chaos check RUN``: it prints the summary and writes ``RUN/check.json``.
 """
 
 from __future__ import annotations
@@ -1198,9 +1198,7 @@ def render_text(report: Report, max_violations: int = 20) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``check RUN``: print the summary, write RUN/check.json; 1 when a rule is violated, 2 when RUN is unusable."""
-    parser = argparse.ArgumentParser(
-        prog="python -m celery_kafka_beat.chaos check", description="Check a chaos run directory."
-    )
+    parser = argparse.ArgumentParser(prog="python -m proof.chaos check", description="Check a chaos run directory.")
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """A stand-alone node process for multi-process tests and demos: dispatches by appending JSON lines to a file.
 
-``python -m celery_kafka_beat.runtime.nodeproc --bootstrap B --topic T --node NAME --entries a=1000,b=500
+``python -m proof.nodeproc --bootstrap B --topic T --node NAME --entries a=1000,b=500
 --out dispatches.jsonl`` runs one :class:`~celery_kafka_beat.runtime.kafka.KafkaNode` whose entries are fixed
 intervals (name=period in ms). Every dispatch appends ``{"entry", "tick", "node", "session", "epoch", "resend",
 "wall_ms"}`` to ``--out`` and flushes. The process prints ``READY`` on stdout once its first session is live, keeps
@@ -52,7 +52,7 @@ def parse_entries(text: str) -> dict[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m celery_kafka_beat.runtime.nodeproc", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m proof.nodeproc", description=__doc__)
     p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     p.add_argument("--topic", required=True, help="the sync topic")
     p.add_argument("--node", required=True, help="this node's name")

@@ -3,8 +3,8 @@
 ``python -m celery_kafka_beat.demo`` starts everything; to run the parts yourself::
 
     export DEMO_KAFKA=127.0.0.1:9092 DEMO_BROKER_URL=redis://127.0.0.1:6379/0
-    celery -A examples.demo_app beat -S kafka          # on as many replicas as you like
-    celery -A examples.demo_app worker --pool solo     # executes the tasks
+    celery -A celery_kafka_beat.demo.app beat -S kafka          # on as many replicas as you like
+    celery -A celery_kafka_beat.demo.app worker --pool solo     # executes the tasks
 
 The only lines a stock-beat project adds are the two ``kafka_beat_*`` settings (and ``-S kafka``).
 """
@@ -33,16 +33,21 @@ if os.environ.get("DEMO_NODE"):
     app.conf.kafka_beat_node_name = os.environ["DEMO_NODE"]
 
 app.conf.beat_schedule = {
-    "send-metrics": {"task": "examples.demo_app.work", "schedule": 1.0, "args": ["send-metrics"]},
-    "poll-inbox": {"task": "examples.demo_app.work", "schedule": 1.0, "args": ["poll-inbox"]},
-    "refresh-cache": {"task": "examples.demo_app.work", "schedule": 2.0, "args": ["refresh-cache"]},
-    "sync-orders": {"task": "examples.demo_app.work", "schedule": 2.0, "args": ["sync-orders"]},
-    "rotate-keys": {"task": "examples.demo_app.work", "schedule": 3.0, "args": ["rotate-keys"]},
-    "cleanup": {"task": "examples.demo_app.work", "schedule": 5.0, "args": ["cleanup"], "options": {"expires": 60}},
+    "send-metrics": {"task": "celery_kafka_beat.demo.app.work", "schedule": 1.0, "args": ["send-metrics"]},
+    "poll-inbox": {"task": "celery_kafka_beat.demo.app.work", "schedule": 1.0, "args": ["poll-inbox"]},
+    "refresh-cache": {"task": "celery_kafka_beat.demo.app.work", "schedule": 2.0, "args": ["refresh-cache"]},
+    "sync-orders": {"task": "celery_kafka_beat.demo.app.work", "schedule": 2.0, "args": ["sync-orders"]},
+    "rotate-keys": {"task": "celery_kafka_beat.demo.app.work", "schedule": 3.0, "args": ["rotate-keys"]},
+    "cleanup": {
+        "task": "celery_kafka_beat.demo.app.work",
+        "schedule": 5.0,
+        "args": ["cleanup"],
+        "options": {"expires": 60},
+    },
 }
 
 
-@app.task(bind=True)
+@app.task(bind=True)  # type: ignore[untyped-decorator]  # Celery is untyped
 def work(self: Any, label: str) -> None:
     """Stands in for real work: records which replica dispatched which tick (from the message's headers)."""
     request = self.request

@@ -42,9 +42,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 import celery_kafka_beat
-from celery_kafka_beat.devkafka import KafkaCluster
-from celery_kafka_beat.devredis import LocalRedis
 from celery_kafka_beat.protocol.node import NodeSettings
+from celery_kafka_beat.testing.devkafka import KafkaCluster
+from celery_kafka_beat.testing.devredis import LocalRedis
 
 from .poison import poison_values
 from .proxy import Partitioner
@@ -55,7 +55,7 @@ __all__ = ["KINDS", "GroupSpec", "Harness", "PlannedFault", "make_plan"]
 log = logging.getLogger(__name__)
 
 PACKAGE_PARENT = Path(celery_kafka_beat.__file__).resolve().parent.parent
-SCHEDULER = "celery_kafka_beat.chaos.app:ChaosScheduler"  # KafkaScheduler, its consumer on its own proxies
+SCHEDULER = "proof.chaos.app:ChaosScheduler"  # KafkaScheduler, its consumer on its own proxies
 
 #: Fault kinds and their weight in the random part of a plan (every kind also comes once, first, in random order).
 KINDS: dict[str, int] = {
@@ -437,7 +437,7 @@ class Harness:
         env.pop("CKB_CHAOS_CLOCK_OFFSET_S", None)
         if offset_s:
             env["CKB_CHAOS_CLOCK_OFFSET_S"] = str(offset_s)
-        argv = [sys.executable, "-m", "celery", "-A", "celery_kafka_beat.chaos.app", "beat", "-S", SCHEDULER]
+        argv = [sys.executable, "-m", "celery", "-A", "proof.chaos.app", "beat", "-S", SCHEDULER]
         argv += ["--loglevel", "INFO", "--schedule", str(self.run_dir / "logs" / f"{name}.schedule")]
         with (self.run_dir / "logs" / f"{name}.log").open("ab") as out:
             proc = subprocess.Popen(

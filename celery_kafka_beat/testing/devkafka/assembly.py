@@ -52,7 +52,7 @@ _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 # Kafka 3.x logs through reload4j (log4j 1 API); stdout goes to the node's server.log, as with log4j2.xml.
 _LOG4J1_PROPERTIES = """\
-# log4j 1 configuration for Kafka 3.x brokers started by celery_kafka_beat.devkafka.
+# log4j 1 configuration for Kafka 3.x brokers started by celery_kafka_beat.testing.devkafka.
 log4j.rootLogger=INFO, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
 log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
@@ -85,7 +85,7 @@ def tail_text(text: str, lines: int = TAIL_LINES) -> str:
 
 def _project_root() -> Path | None:
     """The checkout root when this package runs from a source tree, else None."""
-    root = _PACKAGE_DIR.parents[1]
+    root = _PACKAGE_DIR.parents[2]
     try:
         meta = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):

@@ -12,7 +12,7 @@ from typing import Any
 
 import confluent_kafka
 
-COMMAND = "python -m bench run --out docs/benchmarks.md"
+COMMAND = "python -m proof.bench run --out docs/benchmarks.md"
 
 
 def machine() -> dict[str, Any]:
@@ -87,7 +87,7 @@ def write(results: dict[str, Any], out: Path, run_dir: Path) -> None:
         "It starts its own Kafka broker and redis-server, runs every scenario one after another (about 45 minutes; "
         "`--only failover,lateness` picks some, `--quick` is a smoke run whose figures are not for publishing), keeps "
         "logs, publish records and `results.json` in `bench-runs/<time>/`, and writes this page and its plots. "
-        "`python -m bench report bench-runs/<time>` renders a kept run again."
+        "`python -m proof.bench report bench-runs/<time>` renders a kept run again."
     )
     add("")
     add(
@@ -194,11 +194,12 @@ def _method(add: Any, params: dict[str, Any]) -> None:
     add("## Method")
     add("")
     add(
-        "- **Processes**: every system runs as real `celery beat` processes (`celery -A bench.app beat -S ...`); the "
-        "schedulers are subclassed only to record, right after Celery handed a tick's message to Redis, a line "
-        "`entry,due,published` (`bench/app.py`). The due time is the tick for celery-kafka-beat and, for stock beat "
-        "and RedBeat, the entry's due time from its `last_run_at` (`now + schedule.remaining_estimate(last_run_at)`, "
-        "the arithmetic their `is_due` uses). Lateness is published minus due."
+        "- **Processes**: every system runs as real `celery beat` processes (`celery -A proof.bench.app beat -S ...`); "
+        "the schedulers are subclassed only to record, right after Celery handed a tick's message to Redis, a line "
+        "`entry,due,published` (`proof/bench/app.py`). The due time is the tick for celery-kafka-beat and, for stock "
+        "beat and RedBeat, the entry's due time from its `last_run_at` "
+        "(`now + schedule.remaining_estimate(last_run_at)`, the arithmetic their `is_due` uses). Lateness is "
+        "published minus due."
     )
     add(
         "- **Messages** carry the entry, the sending process and the due time in headers. In the failover and "
@@ -418,7 +419,7 @@ def _startup(data: dict[str, Any], add: Any) -> None:
     add("")
     add(
         "The protocol node alone, without Celery (cold start, reading the topic back, restart), at 100,000 entries: "
-        "`python bench/startup.py --entries 100000`."
+        "`python proof/bench/startup.py --entries 100000`."
     )
     add("")
 

@@ -1,10 +1,12 @@
 """The demo: three ``celery beat -S kafka`` replicas share one schedule, one owner is killed, nothing is lost.
 
-``python -m celery_kafka_beat.demo [--seconds 40] [--kill-after 15]`` (from a checkout) starts a local Apache Kafka
-(devkafka) and a local Redis (the Celery broker), three beat replicas and a Celery worker running
-``examples/demo_app.py``, and shows live which replica dispatched which tick as the worker runs it. Part-way it
-SIGKILLs the replica that owns ``send-metrics`` and shows how long the others took to take over. At the end it
-prints a summary: ticks expected, received, duplicates, missed. Everything it started is stopped on exit or Ctrl-C.
+``python -m celery_kafka_beat.demo [--seconds 40] [--kill-after 15]`` (from an installed package or a checkout) starts
+a local Apache Kafka (``celery_kafka_beat.testing.devkafka``; needs Java 17+ and Maven) and a local Redis (the Celery
+broker; needs ``redis-server``), three beat replicas and a Celery worker running the demo's app
+(``celery_kafka_beat/demo/app.py``, shipped with the package), and shows live which replica dispatched which tick
+as the worker runs it. Part-way it SIGKILLs the replica that owns ``send-metrics`` and shows how long the others took
+to take over. At the end it prints a summary: ticks expected, received, duplicates, missed. Everything it started
+is stopped on exit or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from celery_kafka_beat.devkafka import KafkaCluster
-from celery_kafka_beat.devredis import LocalRedis, RedisUnavailable
+from celery_kafka_beat.testing.devkafka import KafkaCluster
+from celery_kafka_beat.testing.devredis import LocalRedis, RedisUnavailable
 
-REPO = Path(__file__).resolve().parent.parent
-APP = "examples.demo_app"
+#: The directory holding the ``celery_kafka_beat`` package (a checkout, or site-packages): on the replicas' path.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+APP = "celery_kafka_beat.demo.app"
 NODES = ("alpha", "bravo", "charlie")
 VICTIM_ENTRY = "send-metrics"
-#: Periods of the demo app's entries (examples/demo_app.py), in seconds.
+#: Periods of the demo app's entries (celery_kafka_beat/demo/app.py), in seconds.
 PERIODS = {"send-metrics": 1, "poll-inbox": 1, "refresh-cache": 2, "sync-orders": 2, "rotate-keys": 3, "cleanup": 5}
 
 
@@ -46,7 +49,7 @@ class Demo:
         self.out.touch()
         self.env = dict(os.environ)
         self.env.update(
-            PYTHONPATH=str(REPO) + os.pathsep + self.env.get("PYTHONPATH", ""),
+            PYTHONPATH=str(PACKAGE_PARENT) + os.pathsep + self.env.get("PYTHONPATH", ""),
             PYTHONUNBUFFERED="1",
             DEMO_KAFKA=kafka,
             DEMO_BROKER_URL=redis,
@@ -62,7 +65,7 @@ class Demo:
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", APP, *args],
             env={**self.env, "DEMO_NODE": name},
-            cwd=str(REPO),
+            cwd=str(self.workdir),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -99,7 +102,7 @@ def _show(tick: dict[str, Any]) -> None:
     late = (tick["received"] - tick["tick_s"]) * 1000
     print(
         f"  {_hms(tick['received'])}  {tick['entry']:<14} tick {_hms(tick['tick_s'])}  by {tick['node']:<8}"
-        f" epoch {tick['epoch']:<4} ran {late:+6.0f} ms after its time",
+        f" claim {tick['epoch']:<4} ran {late:+6.0f} ms after its time",
         flush=True,
     )
 
@@ -141,6 +144,11 @@ def _run(demo: Demo, seconds: float, kill_after: float) -> int:
     for name in NODES:
         demo.start(name, "beat", "-S", "kafka", "--loglevel", "INFO", "-s", str(demo.workdir / f"{name}.schedule"))
     print(f"three beat replicas ({', '.join(NODES)}) and a worker started; every tick the worker runs:", flush=True)
+    print(
+        "  (claim N: the entry's claim epoch, which goes up each time a replica takes the entry over; a tick sent\n"
+        "   under an older claim than the entry's current one is fenced and never published)",
+        flush=True,
+    )
     started = time.time()
     killed_at: float | None = None
     victim: str | None = None
@@ -171,7 +179,7 @@ def _run(demo: Demo, seconds: float, kill_after: float) -> int:
     print(f"  total: expected {expected}, received {received}, duplicates {dups}, missed {missed}")
     if failover is not None:
         print(f"  failover after SIGKILL of {victim}: {failover:.2f} s (lease 3 s)")
-    nodes = Counter(t["node"] for t in demo.ticks)
+    nodes = Counter(t["node"] for t in demo.ticks if t["tick_s"] <= cutoff)  # the same ticks as the totals
     print("  dispatched per replica: " + ", ".join(f"{n} {c}" for n, c in sorted(nodes.items())))
     ok = expected > 0 and dups == 0 and missed == 0 and failover is not None
     print("OK: every tick ran exactly once" if ok else "NOT OK: see above")
@@ -183,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0, help="how long the replicas run (default 40)")
     parser.add_argument("--kill-after", type=float, default=15.0, help="when the owner is SIGKILLed (default 15)")
     args = parser.parse_args(argv)
-    if not (REPO / "examples" / "demo_app.py").exists():
-        print("the demo runs examples/demo_app.py from a checkout of celery-kafka-beat", file=sys.stderr)
-        return 2
     try:
         return run(args.seconds, args.kill_after)
     except RedisUnavailable as exc:

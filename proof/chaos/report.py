@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from celery_kafka_beat.chaos.checker import Distribution, GroupResult, Report, check
+from proof.chaos.checker import Distribution, GroupResult, Report, check
 
 # Colours per group, in run.json order (matplotlib's default cycle, so the figure matches its legend).
 _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
@@ -18,7 +18,7 @@ _COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 _EARLIER = "## Earlier runs"
 _EARLIER_NOTE = (
     "As they were published, checked by the checker of their time (see the history of "
-    "`celery_kafka_beat/chaos/checker.py`); their run directories are not kept, so they are not checked again."
+    "`proof/chaos/checker.py`); their run directories are not kept, so they are not checked again."
 )
 _RUN_HEADING = re.compile(r"^(#{2,3}) Run `([^`]+)`")
 

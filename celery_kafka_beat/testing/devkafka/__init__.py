@@ -4,7 +4,7 @@
   caches them (see :func:`devkafka_home`).
 * :class:`KafkaCluster` runs a 1- or 3-node KRaft cluster on loopback, with fault injection for tests (crashes,
   pauses, brokers whose wall clock can be stepped, partition leader moves).
-* ``python -m celery_kafka_beat.devkafka {fetch,start,stop,status}`` is the command-line front end.
+* ``python -m celery_kafka_beat.testing.devkafka {fetch,start,stop,status}`` is the command-line front end.
 
 See docs/devkafka.md.
 """

@@ -1,4 +1,4 @@
-"""``python -m celery_kafka_beat.chaos``: ``run`` a chaos run (then check it), ``check`` a run directory, or write
+"""``python -m proof.chaos``: ``run`` a chaos run (then check it), ``check`` a run directory, or write
 the ``report``. Exit status 1 when the checker finds a duplicate or a loss the policy does not allow, or a
 replica died without a fault."""
 
@@ -60,18 +60,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 METHOD = """\
-Written by `python -m celery_kafka_beat.chaos run --seed SEED --minutes 30 --groups alo,amo,alo-once --report
+Written by `python -m proof.chaos run --seed SEED --minutes 30 --groups alo,amo,alo-once --report
 docs/reliability.md` (one run, its groups side by side; each run's seed is in its section): protocol 2 with the
 fault kinds of issue 12 (poison records, a replica that can write but not read, a crash-looping joiner, an
 operator's DeleteRecords) besides the earlier ones. The runs of protocol 1 (seeds 2026 and 2027) follow under
-"Earlier runs" as they were published. `python -m celery_kafka_beat.chaos report RUN_DIR... --out
-docs/reliability.md` writes the page from run directories; the checker alone is `python -m celery_kafka_beat.chaos
+"Earlier runs" as they were published. `python -m proof.chaos report RUN_DIR... --out
+docs/reliability.md` writes the page from run directories; the checker alone is `python -m proof.chaos
 check RUN_DIR`. The short run in the default test suite is `tests/chaos/test_chaos.py` (every fault kind once, both
 delivery modes).
 
 **Set-up.** A 3-broker Kafka cluster (KRaft, jars from Maven Central, `broker.session.timeout.ms` 4 s, topic
 replication factor 3, `min.insync.replicas` 2), a Redis as the Celery broker and, per group, 3 replicas of `celery
-beat -S celery_kafka_beat.chaos.app:ChaosScheduler` (`KafkaScheduler` whose consumer reaches Kafka through proxies of
+beat -S proof.chaos.app:ChaosScheduler` (`KafkaScheduler` whose consumer reaches Kafka through proxies of
 its own) with 19 interval entries (16 every second, 2 every 2 s, 1 every 5 s), lease 3 s, decision lead 0.25 s,
 probation 5 s. The groups differ in delivery mode and catch-up policy (`--groups`): `alo` is at-least-once with
 catch-up `all` (it may lose nothing), `amo` at-most-once with `once` (it may duplicate nothing), `alo-once` the
@@ -125,7 +125,7 @@ is the hit replica's own.
 
 Every replica must log each kind of record it cannot use once, and its node's thread must never fail.
 Anything else is a loss outside the policy. The rules and their bounds are in the docstring of
-`celery_kafka_beat/chaos/checker.py`. The failover gap of a fault is the time from the fault to the first dispatch
+`proof/chaos/checker.py`. The failover gap of a fault is the time from the fault to the first dispatch
 of each entry its target owned, among those ticking every second, by another replica (the largest of them); for the
 kinds that move no entry (poison, DeleteRecords, crash-loop) the longest time between two dispatches of one entry
 while the fault lasted (1 s is no pause). Lateness is receive time minus tick, measured at the Redis consumer.
@@ -148,7 +148,7 @@ written above (with a unit test of each), and re-checking the same run directory
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m celery_kafka_beat.chaos", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m proof.chaos", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the harness, then the checker")
     run.add_argument("--seed", type=int, default=1)

@@ -4,7 +4,7 @@
 ``CKB_CHAOS_TOPIC``, ``CKB_CHAOS_QUEUE``, ``CKB_CHAOS_SCHEDULE`` (JSON ``{entry: {"every": seconds}}``) and
 ``CKB_CHAOS_CONF`` (JSON of extra settings), and ``CKB_CHAOS_CONSUMER_KAFKA``: the bootstrap servers of the
 replica's consumer alone (its other proxies), so that the harness can cut its reads but not its writes. Replicas run
-``celery beat -S celery_kafka_beat.chaos.app:ChaosScheduler``, which passes them on as the consumer's
+``celery beat -S proof.chaos.app:ChaosScheduler``, which passes them on as the consumer's
 ``bootstrap.servers`` (:attr:`KafkaScheduler.node_options`).
 
 ``CKB_CHAOS_CLOCK_OFFSET_S`` (test only) moves this process's clocks by that many seconds: ``time.time``,

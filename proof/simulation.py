@@ -1,7 +1,7 @@
 """A deterministic simulator of many nodes on one simulated partition, with faults, checked against invariants.
 
 Everything here runs in simulated time from seeded random generators, so a scenario replays exactly from its
-seed: ``python -m celery_kafka_beat.simulation --seed N -v``. The nodes are real :class:`NodeCore` instances (and
+seed: ``python -m proof.simulation --seed N -v``. The nodes are real :class:`NodeCore` instances (and
 :class:`Bootstrap` / :class:`Waiter` while they start); the log, the brokers and their clocks, the network, the
 cleaner, the operator and an adversary are simulated. Half the nodes publish like KafkaScheduler, in another thread:
 some time after the core hands a tick over they check ``can_publish`` and report the outcome.
@@ -269,7 +269,7 @@ class Simulation:
     def _fail(self, message: str) -> None:
         raise InvariantViolation(
             f"seed {self.sc.seed} at sim time {self.now} ms: {message}\n"
-            f"replay: python -m celery_kafka_beat.simulation --seed {self.sc.seed} --events {self.sc.events} -v"
+            f"replay: python -m proof.simulation --seed {self.sc.seed} --events {self.sc.events} -v"
         )
 
     def _log(self, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m celery_kafka_beat.devkafka {fetch,start,stop,status}``.
+"""Command line: ``python -m celery_kafka_beat.testing.devkafka {fetch,start,stop,status}``.
 
 ``start`` leaves the brokers running in the background and records them in ``<devkafka home>/cluster.json``;
 ``stop`` and ``status`` read that file. The bootstrap servers are the last line ``start`` prints on stdout
@@ -90,7 +90,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     if state is not None and _live_brokers(state):
         raise DevKafkaError(
             f"a devkafka cluster is already running at {state.get('bootstrap')} "
-            f"(state {_state_path()}); run `python -m celery_kafka_beat.devkafka stop` first"
+            f"(state {_state_path()}); run `python -m celery_kafka_beat.testing.devkafka stop` first"
         )
     cluster = KafkaCluster(
         nodes=args.nodes,
@@ -195,7 +195,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m celery_kafka_beat.devkafka",
+        prog="python -m celery_kafka_beat.testing.devkafka",
         description="Assemble Apache Kafka from Maven Central and run a local KRaft cluster.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show details (log tails) on errors")

@@ -1,6 +1,6 @@
 """Start-up with many entries: how long a node takes to rebuild its state from the topic and to own everything.
 
-    python bench/startup.py [--entries 100000] [--bootstrap HOST:PORT]
+    python proof/bench/startup.py [--entries 100000] [--bootstrap HOST:PORT]
 
 Without ``--bootstrap`` it starts a 1-node local Kafka (devkafka). Phase 1: a node starts on an empty topic with N
 hourly entries and claims them all (a snapshot is forced by a small ``snapshot_records``); it stops cleanly.
@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from celery_kafka_beat.devkafka import KafkaCluster
 from celery_kafka_beat.protocol import NodeSettings
 from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime.kafka import KafkaNode, read_cluster_state
+from celery_kafka_beat.testing.devkafka import KafkaCluster
 
 
 @contextlib.contextmanager

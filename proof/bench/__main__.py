@@ -1,8 +1,8 @@
 """``python -m bench``: the benchmark suite (celery-kafka-beat, stock Celery beat and RedBeat, side by side in one
 run, on one machine) and its report.
 
-    python -m bench run [--quick] [--only failover,lateness,...] [--kills 30] [--out docs/benchmarks.md]
-    python -m bench report RUN_DIR [--out docs/benchmarks.md]
+    python -m proof.bench run [--quick] [--only failover,lateness,...] [--kills 30] [--out docs/benchmarks.md]
+    python -m proof.bench report RUN_DIR [--out docs/benchmarks.md]
 
 ``run`` starts its own Kafka broker (devkafka, KRaft, from Maven Central) and redis-server (Debian's), runs the
 scenarios one after another, keeps everything in a run directory (``bench-runs/<time>``: beat logs, publish
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
-from bench.harness import ROOT, Services
+from proof.bench import report, scenarios
+from proof.bench.harness import ROOT, Services
 
 ALL = ["calibrate", "failover", "lateness", "throughput", "startup", "idle", "rebalance"]
 

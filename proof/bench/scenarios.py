@@ -18,7 +18,8 @@ from typing import Any
 from celery import Celery
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.harness import (
+from celery_kafka_beat import wire
+from proof.bench.harness import (
     Beat,
     Deployment,
     Drainer,
@@ -30,8 +31,7 @@ from bench.harness import (
     rss_mb,
     summary,
 )
-from celery_kafka_beat import wire
-from celery_kafka_beat.chaos.recorder import SyncLog
+from proof.chaos.recorder import SyncLog
 
 Log = Callable[[str], None]
 

@@ -22,17 +22,17 @@ from typing import Any
 import redis
 from kombu import Message
 
-from celery_kafka_beat.chaos.recorder import consume
-from celery_kafka_beat.devkafka import KafkaCluster
-from celery_kafka_beat.devredis import LocalRedis
+from celery_kafka_beat.testing.devkafka import KafkaCluster
+from celery_kafka_beat.testing.devredis import LocalRedis
+from proof.chaos.recorder import consume
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
-#: ``celery beat -S`` class of each system (subclasses that only record; see bench/app.py).
+#: ``celery beat -S`` class of each system (subclasses that only record; see proof/bench/app.py).
 SCHEDULERS: Mapping[str, str] = {
-    "kafka": "bench.app:KafkaBench",
-    "stock": "bench.app:StockBench",
-    "redbeat": "bench.app:RedBeatBench",
+    "kafka": "proof.bench.app:KafkaBench",
+    "stock": "proof.bench.app:StockBench",
+    "redbeat": "proof.bench.app:RedBeatBench",
 }
 
 
