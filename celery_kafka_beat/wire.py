@@ -22,10 +22,12 @@ import json
 from dataclasses import dataclass
 from typing import Final
 
-#: Version written into every record. A node skips records with a higher version (and says so once). Version 1
-#: records (0.1.0.dev) are still read: their sessions are folded, but a node of this version claims nothing while
-#: one is live (version 1 nodes cannot read version 2 records; see ``docs/protocol.md``, mixed versions).
-PROTOCOL_VERSION: Final = 2
+#: Version written into every record. A node skips records with a higher version (and says so once). Records of
+#: older versions (1: 0.1.0.dev; 2: the first fault-tolerant protocol, whose replicas assign entries by plain
+#: rendezvous hashing and read no weights) are still read: their sessions are folded, but a node of this version
+#: claims nothing while one is live (older nodes cannot read this version's records, and assign differently; see
+#: ``docs/protocol.md``, mixed versions).
+PROTOCOL_VERSION: Final = 3
 OLDEST_VERSION: Final = 1
 
 #: Upper bounds that keep a malformed or hostile record from costing memory or time; generous for real use.
@@ -323,7 +325,7 @@ def decode(value: bytes | None) -> Record:
     if version > PROTOCOL_VERSION:
         raise FutureRecord(f"protocol version {version} is newer than this node's {PROTOCOL_VERSION}")
     kind = body.get("k")
-    if not isinstance(kind, str) or kind not in KINDS or (version < PROTOCOL_VERSION and kind not in _V1_KINDS):
+    if not isinstance(kind, str) or kind not in KINDS or (version == 1 and kind not in _V1_KINDS):
         raise WireError(f"unknown record kind {kind!r:.40}", "unknown-kind")
     try:
         return _decode(kind, version, body)

@@ -52,6 +52,7 @@ from typing import Final
 
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol.actions import Action, Append, Dispatch, Note, Truncate
+from celery_kafka_beat.protocol.assignment import Balancer
 from celery_kafka_beat.protocol.bootstrap import Bootstrap, Waiter
 from celery_kafka_beat.protocol.node import NodeCore, NodeSettings
 from celery_kafka_beat.protocol.planning import CatchUp, DeliveryMode
@@ -147,6 +148,7 @@ class Report:
     skipped_ticks: int = 0
     restarts_checked: int = 0
     settled_checked: int = 0
+    balance_checked: int = 0
     hostile_records: int = 0
     geneses: int = 0
     waits: int = 0
@@ -158,6 +160,7 @@ class Report:
             f"decided={self.decided} dispatched={self.dispatches} resends={self.resends} "
             f"calm_ticks_checked={self.checked_calm_ticks} skipped={self.skipped_ticks} "
             f"restart_checks={self.restarts_checked} settled_checks={self.settled_checked} "
+            f"balance_checks={self.balance_checked} "
             f"hostile={self.hostile_records} waits={self.waits} geneses={self.geneses} faults[{faults}]"
         )
 
@@ -907,6 +910,36 @@ class Simulation:
                     f"{n.name} owns {sorted(owned)} but should own {sorted(n.core._desired)} after "
                     f"{self.now - self.last_change} quiet ms"
                 )
+        self._check_balance()
+
+    def _check_balance(self) -> None:
+        """Once ownership settled: nothing is left to move (the balancer, asked afresh from the oracle's state,
+        gives every entry to its owner) and, when every live node runs the same catalog, the bound holds: no
+        session carries more than W/k + w_max, nor more than ceil(n/k) entries when the weights are equal."""
+        state = self.oracle
+        catalogs = {s.catalog for s in state.sessions.values()}
+        if len(catalogs) != 1 or not all(s.ready for s in state.sessions.values()):
+            return
+        (catalog,) = catalogs
+        weights = state.weights.get(catalog)
+        if weights is None:
+            return
+        sessions = frozenset(state.sessions)
+        owners = {name: sid for sid, names in state.owned.items() for name in names}
+        answer = Balancer().balance(weights, dict.fromkeys(weights, sessions), state.owned)
+        if answer != owners:
+            moved = sorted(name for name in weights if answer.get(name) != owners.get(name))
+            self._fail(f"ownership settled but the balancer would still move {len(moved)}: {moved[:5]}")
+        k, n = len(sessions), len(weights)
+        loads = {sid: sum(weights[name] for name in state.owned.get(sid, ())) for sid in sessions}
+        total, heaviest = sum(weights.values()), max(weights.values())
+        if k * max(loads.values()) > total + k * heaviest:
+            self._fail(f"a session carries {max(loads.values())} > W/k + w_max = {total / k + heaviest:.0f}")
+        if len(set(weights.values())) == 1:
+            most = max(len(state.owned.get(sid, ())) for sid in sessions)
+            if most > -(-n // k):
+                self._fail(f"a session owns {most} of {n} entries with {k} live: more than ceil(n/k)")
+        self.report.balance_checked += 1
 
     def _calm(self, start: int, end: int, entry: str | None = None) -> bool:
         if any(fs < end and start < fe for fs, fe in self.faults):

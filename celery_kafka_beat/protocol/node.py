@@ -20,13 +20,13 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol.actions import Action, Append, Dispatch, Note, Truncate
-from celery_kafka_beat.protocol.assignment import Rendezvous
+from celery_kafka_beat.protocol.assignment import Balancer, tick_weight
 from celery_kafka_beat.protocol.bootstrap import Bootstrap, Waiter
 from celery_kafka_beat.protocol.clock import BrokerClock
 from celery_kafka_beat.protocol.liveness import Liveness
@@ -175,7 +175,9 @@ class NodeCore:
         self.settings = settings
         self.schedule = schedule
         self.entries: frozenset[str] = frozenset(entries)
-        self.catalog, self._catalog_data = catalog_digest(self.entries)
+        # Each entry weighs its tick rate; the weights travel in the catalog, so that every node balances alike.
+        self.weights: dict[str, int] = {name: tick_weight(schedule, name) for name in sorted(self.entries)}
+        self.catalog, self._catalog_data = catalog_digest(self.weights)
         self._new_session_id = new_session_id
         self.state = state if state is not None else ClusterState(rules=rules)
         self.clock = BrokerClock(step_ms=settings.clock_step_ms, hold_ms=settings.clock_hold_ms)
@@ -189,7 +191,7 @@ class NodeCore:
             chunk_chars=settings.chunk_chars,
             retry_ms=settings.lease_ms,
         )
-        self._rendezvous = Rendezvous()
+        self._balancer = Balancer()
         self.session: str | None = None
         self._my_sessions: deque[str] = deque(maxlen=16)  # this node's recent sessions: never its own peers
         # When each recent record of this node (any of its sessions) was sent: the clock's upper bounds.
@@ -204,7 +206,14 @@ class NodeCore:
         self._sent: dict[int, _Sent] = {}
         self._last_sent_at = -(10**12)
         self._desired: frozenset[str] = frozenset()
-        self._desired_key: tuple[int, int, str | None] | None = None
+        self._desired_key: tuple[int, int, int, str | None] | None = None
+        # The last answer of the balancer (entry -> session), and a count of grants it did not foresee: a claim
+        # granted as it said changes nothing it says, so it is not asked again (at start-up, 100,000 entries are
+        # granted in dozens of records).
+        self._assigned: dict[str, str] = {}
+        self._unforeseen = 0
+        self._inputs_key: int | None = None
+        self._inputs: tuple[Mapping[str, int], dict[str, frozenset[str]]] = ({}, {})
         self._deferring = False  # claiming nothing while a node of an older protocol version is live
         self._claim_key: tuple[frozenset[str], int, int, str | None] | None = None
         self._undesired_key: tuple[frozenset[str], int, int, str | None] | None = None
@@ -315,6 +324,10 @@ class NodeCore:
         step = self.clock.observe(timestamp, now, peer_hold, sent_at)
         if step is not None:
             actions.append(Note("warning", step.describe(offset)))
+        if outcome.granted and record is not None:
+            assigned = self._assigned
+            if any(assigned.get(name) != record.session for name in outcome.granted):
+                self._unforeseen += 1
         if isinstance(record, wire.SnapshotPart):
             actions += self._snapshots.seen(record, outcome.valid, self.state)
         elif isinstance(record, wire.Wait):
@@ -618,7 +631,7 @@ class NodeCore:
 
     def _reconcile(self) -> list[Action]:
         """Recompute which of this node's entries it should own, when membership or ownership changed."""
-        key = (self.state.membership, self.state.freed, self.session)
+        key = (self.state.membership, self.state.freed, self._unforeseen, self.session)
         if key == self._desired_key:
             return []
         self._desired_key = key
@@ -630,19 +643,33 @@ class NodeCore:
             notes.append(
                 Note(
                     "warning",
-                    "a replica of an older protocol version (0.1.0.dev) is live on this topic and cannot read this "
-                    "version's records: this replica claims nothing until it stops",
+                    "a replica of an older protocol version is live on this topic and cannot read this version's "
+                    "records: this replica claims nothing until it stops",
                 )
                 if deferring
                 else Note("info", "no replica of an older protocol version is live any more: claiming entries")
             )
         if deferring:
-            self._desired = frozenset()
+            self._desired, self._assigned = frozenset(), {}
             return notes
-        # Candidates for an entry: the live sessions that said ``ready`` and can run it; only when there is none
-        # (the ready sessions' catalogs do not name it), the one live session that can run it and has shown the
-        # longest life: never whichever said hello last, which a crash-looping replica does over and over (state.py
-        # promotes the same way).
+        weights, candidates = self._assignment_inputs()
+        self._assigned = self._balancer.balance(weights, candidates, self.state.owned)
+        self._desired = frozenset(name for name in self.entries if self._assigned.get(name) == me)
+        # Entries kept (or wanted again) after a membership change may have been dropped from the agenda.
+        for name in self.state.owned.get(me or "", set()) & self._desired:
+            if name not in self._planned and name not in self._deciding and name not in self._blocked:
+                self._schedule_plan(name, _NEVER)
+        return notes
+
+    def _assignment_inputs(self) -> tuple[Mapping[str, int], dict[str, frozenset[str]]]:
+        """Each entry's weight and candidates, from the catalogs of the live sessions (cached per membership).
+
+        Candidates for an entry: the live sessions that said ``ready`` and can run it; only when there is none
+        (the ready sessions' catalogs do not name it), the one live session that can run it and has shown the
+        longest life: never whichever said hello last, which a crash-looping replica does over and over (state.py
+        promotes the same way). An entry named by several catalogs weighs the most any of them gives it."""
+        if self._inputs_key == self.state.membership:
+            return self._inputs
         ready: dict[str, list[str]] = {}
         longest: dict[str, SessionState] = {}
         for s in self.state.sessions.values():
@@ -651,22 +678,32 @@ class NodeCore:
                     longest[s.catalog] = s
                 if s.ready:
                     ready.setdefault(s.catalog, []).append(s.session)
-        ready_groups = [(self.state.catalogs[c], ids) for c, ids in ready.items()]
+        ready_groups = [(self.state.catalogs[c], frozenset(ids)) for c, ids in ready.items()]
         longest_groups = [(self.state.catalogs[c], s) for c, s in longest.items()]
-        desired = set()
-        for name in self.entries:
-            candidates = [sid for names, ids in ready_groups if name in names for sid in ids]
-            if not candidates:
-                able = [s for names, s in longest_groups if name in names]
-                candidates = [max(able, key=shown_life).session] if able else []
-            if self._rendezvous.choose(name, candidates) == me:
-                desired.add(name)
-        self._desired = frozenset(desired)
-        # Entries kept (or wanted again) after a membership change may have been dropped from the agenda.
-        for name in self.state.owned.get(me or "", set()) & self._desired:
-            if name not in self._planned and name not in self._deciding and name not in self._blocked:
-                self._schedule_plan(name, _NEVER)
-        return notes
+        candidates: dict[str, frozenset[str]] = {}
+        if len(ready_groups) == 1 and all(names <= ready_groups[0][0] for names, _ in longest_groups):
+            candidates = dict.fromkeys(ready_groups[0][0], ready_groups[0][1])  # one catalog: the usual case
+        else:
+            for name in set().union(*(names for names, _ in longest_groups)):
+                ids = frozenset().union(*(ids for names, ids in ready_groups if name in names))
+                if not ids:
+                    able = [s for names, s in longest_groups if name in names]
+                    ids = frozenset([max(able, key=shown_life).session])
+                candidates[name] = ids
+        digests = {*ready, *longest}
+        tables = [self.state.weights[d] for d in sorted(digests) if d in self.state.weights]
+        weights: Mapping[str, int]
+        if len(tables) == 1 and len(digests) == 1:
+            weights = tables[0]
+        else:
+            merged: dict[str, int] = {}
+            for table in tables:
+                for name, w in table.items():
+                    if w > merged.get(name, 0):
+                        merged[name] = w
+            weights = merged
+        self._inputs_key, self._inputs = self.state.membership, (weights, candidates)
+        return self._inputs
 
     def _ready(self, now: int) -> list[Action]:
         """Say ``ready`` once the session has been live for its probation (again if it was not read back)."""

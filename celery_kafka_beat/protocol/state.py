@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from celery_kafka_beat import wire
+from celery_kafka_beat.protocol.assignment import MAX_WEIGHT
 
 #: The longest lease a session may ask for; a ``hello`` asking for more is refused. It bounds how long a genesis
 #: must wait for sessions it cannot see (their records were deleted) to have given up.
@@ -65,7 +67,7 @@ MAX_FLOOR_AHEAD_MS: Final = 86_400_000
 MAX_UNCONFIRMED: Final = 1000
 
 #: Version of the snapshot format written by :meth:`ClusterState.to_json`; other versions are not used.
-SNAPSHOT_FORMAT: Final = 2
+SNAPSHOT_FORMAT: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +134,15 @@ INVALID: Final = Outcome(valid=False)
 VALID: Final = Outcome(valid=True)
 
 
-def catalog_digest(names: list[str] | tuple[str, ...] | frozenset[str]) -> tuple[str, str]:
-    """Return ``(digest, data)`` for a catalog: the canonical JSON of the sorted names and its hash."""
-    data = json.dumps(sorted(set(names)), separators=(",", ":"), ensure_ascii=False)
+def catalog_digest(entries: Mapping[str, int] | Iterable[str]) -> tuple[str, str]:
+    """Return ``(digest, data)`` for a catalog: the canonical JSON and its hash. Protocol 3 catalogs weigh their
+    entries (``entries`` a mapping of name to weight, see ``assignment.tick_weight``): ``[[name, weight], ...]``
+    sorted by name. Older catalogs list names only (``entries`` an iterable of names): ``[name, ...]``."""
+    if isinstance(entries, Mapping):
+        body: list[Any] = [[name, entries[name]] for name in sorted(entries)]
+    else:
+        body = sorted(set(entries))
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(data.encode()).hexdigest()[:32], data
 
 
@@ -167,6 +175,8 @@ class ClusterState:
     ended: dict[str, int] = field(default_factory=dict)
     entries: dict[str, EntryState] = field(default_factory=dict)
     catalogs: dict[str, frozenset[str]] = field(default_factory=dict)
+    weights: dict[str, dict[str, int]] = field(default_factory=dict)
+    """The weights of the complete catalogs that have them (protocol 3), by digest (see ``assignment.py``)."""
     loose: dict[str, int] = field(default_factory=dict)
     """Complete catalogs that no live session names, with the log time since when (forgotten after a while)."""
     partial_catalogs: dict[str, _PartialCatalog] = field(default_factory=dict)
@@ -288,7 +298,7 @@ class ClusterState:
         if self.loose and next(iter(self.loose.values())) + keep < now:
             for digest in [d for d, t in self.loose.items() if t + keep < now]:
                 del self.loose[digest]
-                self.catalogs.pop(digest, None)
+                self._drop_catalog(digest)
         if self.partial_catalogs and next(iter(self.partial_catalogs.values())).since + keep < now:
             for digest in [d for d, p in self.partial_catalogs.items() if p.since + keep < now]:
                 self._drop_partial(digest)
@@ -305,7 +315,7 @@ class ClusterState:
             self.foreign.discard(name)
             self.freed += 1
         if not any(s.catalog == gone.catalog for s in self.sessions.values()):
-            self.catalogs.pop(gone.catalog, None)
+            self._drop_catalog(gone.catalog)
             self.loose.pop(gone.catalog, None)
         self.membership += 1
         self._promote()
@@ -440,7 +450,7 @@ class ClusterState:
         self.log_time = timestamp  # what a node that folds from ``start`` on knows too
         self.quiet_from = None
         self.sessions, self.ended, self.entries, self.ready_live = {}, {}, {}, 0
-        self.catalogs, self.loose, self.partial_catalogs, self._partial_chars = {}, {}, {}, 0
+        self.catalogs, self.weights, self.loose, self.partial_catalogs, self._partial_chars = {}, {}, {}, {}, 0
         self.owned, self.foreign = {}, set()
         self.membership, self.freed, self.granted = self.membership + 1, self.freed + 1, self.granted + 1
         return True
@@ -462,20 +472,29 @@ class ClusterState:
             return
         self._drop_partial(record.digest)
         data = "".join(partial.pieces[i] for i in range(partial.parts))
-        names = _parse_names(data)
-        if names is None:
+        parsed = _parse_catalog(data)
+        if parsed is None:
             return
-        digest, canonical = catalog_digest(names)
+        digest, canonical = catalog_digest(parsed)
         if digest != record.digest or canonical != data:
             return  # a catalog whose digest does not match its content is ignored, never trusted
-        self.catalogs[digest] = frozenset(names)
+        self._add_catalog(digest, parsed)
         if not any(s.catalog == digest for s in self.sessions.values()):
             self.loose[digest] = self.log_time
             while len(self.loose) > MAX_LOOSE_CATALOGS:
                 oldest = next(iter(self.loose))
                 del self.loose[oldest]
-                self.catalogs.pop(oldest, None)
+                self._drop_catalog(oldest)
         self.membership += 1
+
+    def _add_catalog(self, digest: str, parsed: dict[str, int] | list[str]) -> None:
+        self.catalogs[digest] = frozenset(parsed)
+        if isinstance(parsed, dict):
+            self.weights[digest] = parsed
+
+    def _drop_catalog(self, digest: str) -> None:
+        self.catalogs.pop(digest, None)
+        self.weights.pop(digest, None)
 
     def _drop_partial(self, digest: str) -> None:
         partial = self.partial_catalogs.pop(digest, None)
@@ -513,7 +532,7 @@ class ClusterState:
                 for name, e in self.entries.items()
                 if e.owner is not None or e.anchor is not None or e.last_tick is not None or e.unconfirmed
             ),
-            "catalogs": sorted([d, sorted(names)] for d, names in self.catalogs.items()),
+            "catalogs": sorted([d, self._catalog_data(d)] for d in self.catalogs),
             "loose": [[d, t] for d, t in self.loose.items()],
             "partial": [
                 [d, p.parts, p.since, sorted([i, s] for i, s in p.pieces.items())]
@@ -521,6 +540,10 @@ class ClusterState:
             ],
         }
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    def _catalog_data(self, digest: str) -> str:
+        weights = self.weights.get(digest)
+        return catalog_digest(weights if weights is not None else self.catalogs[digest])[1]
 
     @classmethod
     def from_json(cls, data: str, rules: FoldRules = DEFAULT_RULES) -> ClusterState:
@@ -531,18 +554,29 @@ class ClusterState:
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def _parse_names(data: str) -> list[str] | None:
+def _parse_catalog(data: str) -> dict[str, int] | list[str] | None:
+    """A catalog's entries: names with weights (protocol 3), or names only (older); None if it is not one."""
     try:
-        names = json.loads(data, parse_int=_no_int, parse_constant=_no_int)
+        body = json.loads(data, parse_int=_bounded_int, parse_float=_no_float, parse_constant=_no_float)
     except Exception:  # deeply nested, malformed: the catalog is simply not usable
         return None
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+    if not isinstance(body, list):
         return None
-    return names
+    if all(isinstance(n, str) and n for n in body):
+        return body
+    weights: dict[str, int] = {}
+    for item in body:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and item[0]):
+            return None
+        name, weight = item
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= MAX_WEIGHT:
+            return None
+        weights[name] = weight
+    return weights
 
 
-def _no_int(text: str) -> object:
-    raise ValueError("a catalog holds names only")
+def _no_float(text: str) -> object:
+    raise ValueError("a catalog holds names and integer weights only")
 
 
 def _opt_int(value: Any, what: str) -> int | None:
@@ -624,10 +658,11 @@ def _from_json(cls: type[ClusterState], data: str, rules: FoldRules) -> ClusterS
                 raise ValueError(f"entry {name!r:.40} is owned by a session that is not live")
             state.owned.setdefault(entry.owner, set()).add(name)
         state._index_foreign(name, entry)
-    for digest, names in _rows(body["catalogs"], "catalogs", 2):
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("a catalog must be a list of names")
-        state.catalogs[_req_str(digest, "catalog digest")] = frozenset(names)
+    for digest, catalog in _rows(body["catalogs"], "catalogs", 2):
+        parsed = _parse_catalog(_req_str(catalog, "catalog"))
+        if parsed is None or catalog_digest(parsed) != (digest, catalog):
+            raise ValueError(f"catalog {digest!r:.40} does not parse or does not match its digest")
+        state._add_catalog(digest, parsed)
     for digest, t in _rows(body["loose"], "loose", 2):
         state.loose[_req_str(digest, "catalog digest")] = _req_int(t, "catalog time")
     for digest, parts, since, pieces in _rows(body["partial"], "partial", 4):
