@@ -56,7 +56,9 @@ REQUIRED = (
 )
 #: Directories of the checkout that are never shipped, at any depth of the wheel.
 NOT_SHIPPED = frozenset({"proof", "tests", "examples"})
-# A deprecated license table or license classifier makes setuptools print a SetuptoolsDeprecationWarning.
+# How setuptools reports a deprecated license table or license classifier: 84.x prints "WARNING `project.license`
+# as a TOML table is deprecated" and "License classifiers are deprecated" (checked by hand), older versions a
+# SetuptoolsDeprecationWarning.
 DEPRECATION = re.compile(r"SetuptoolsDeprecationWarning|deprecat", re.IGNORECASE)
 FIXTURES = ("kafka_beat_bootstrap", "kafka_beat_topic", "kafka_beat_app", "kafka_beat_scheduler")
 ENTRY = "wheel-check-ping"
