@@ -71,8 +71,9 @@ def kafka_beat_topic(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def kafka_beat_app(kafka_beat_bootstrap: str, kafka_beat_topic: str) -> Any:
-    """A Celery app (not the current app) configured for KafkaScheduler on ``kafka_beat_topic``."""
+def kafka_beat_app(kafka_beat_bootstrap: str, kafka_beat_topic: str) -> Iterator[Any]:
+    """A Celery app (not the current app) configured for KafkaScheduler on ``kafka_beat_topic``; closed after the
+    test."""
     from celery import Celery  # noqa: PLC0415
 
     app = Celery("kafka-beat-test", set_as_current=False)
@@ -82,7 +83,10 @@ def kafka_beat_app(kafka_beat_bootstrap: str, kafka_beat_topic: str) -> Any:
         kafka_beat_bootstrap_servers=kafka_beat_bootstrap,
         kafka_beat_topic=kafka_beat_topic,
     )
-    return app
+    try:
+        yield app
+    finally:
+        app.close()
 
 
 @pytest.fixture
@@ -107,4 +111,5 @@ def kafka_beat_scheduler(kafka_beat_app: Any) -> Iterator[Callable[..., Any]]:
                 scheduler.close()
         finally:
             for signum, handler in handlers.items():
-                signal.signal(signum, handler)
+                if handler is not None:  # None: installed from C, which Python cannot put back
+                    signal.signal(signum, handler)
