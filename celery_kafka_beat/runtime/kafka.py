@@ -70,6 +70,27 @@ __all__ = [
 log = logging.getLogger(__name__)
 _rdlog = logging.getLogger("celery_kafka_beat.runtime.librdkafka")
 
+
+class _TransientNotices(logging.Filter):
+    """Logs librdkafka's warnings that it is retrying something that settles by itself at INFO, not WARNING.
+
+    ``Failed to acquire idempotence PID from broker ...: Coordinator load in progress: retrying``: every replica's
+    idempotent producer asks a broker for a producer id at start; a broker that started moments ago answers "not
+    yet" and librdkafka retries within milliseconds. It looked alarming in every replica's start-up log and meant
+    nothing (docs/getting-started.md, "What the logs say")."""
+
+    _TRANSIENT = ("Coordinator load in progress", "COORDINATOR_LOAD_IN_PROGRESS")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING:
+            message = record.getMessage()
+            if "retrying" in message and any(t in message for t in self._TRANSIENT):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_rdlog.addFilter(_TransientNotices())
+
 DispatchCallback = Callable[[Dispatch], None]
 
 # Why 100 ms: the longest the loop blocks in poll; bounds how late a stop request or a timer is noticed when no

@@ -149,6 +149,22 @@ def test_two_replicas_share_three_entries_and_again_after_a_restart(deploy: Depl
     assert not recorder.errors
 
 
+def test_sigkill_failover(deploy: Deployment) -> None:
+    """The support matrix's end-to-end test (tox.ini): two replicas, the owner of an entry SIGKILLed between two
+    ticks; the other takes it over within the lease plus a tick, and no tick is received twice."""
+    deploy.schedule = dict.fromkeys(["a", "b"], EVERY_SECOND)
+    with Recorder(deploy.broker, deploy.queue) as recorder:
+        beats = {name: deploy.beat(name) for name in ("k1", "k2")}
+        recorder.wait(lambda rs: {r.node for r in rs} == {"k1", "k2"}, START_TIMEOUT_S, "ticks from both replicas")
+        victim, killed_at, failover = fault_owner_of(recorder, beats, "a", signal.SIGKILL)
+        assert beats[victim].wait(10) == -signal.SIGKILL
+        recorder.wait(lambda rs: time.time() - killed_at > 5, 15, "5 s of ticks after the kill")
+        received = recorder.snapshot()
+    assert failover < 3.0 + 1.5, f"takeover took {failover:.2f} s (lease 3 s)"
+    assert not duplicates(received), f"duplicate ticks: {duplicates(received)}"
+    assert not recorder.errors
+
+
 def test_three_replicas_survive_sigkill_and_sigterm_of_the_owner(deploy: Deployment) -> None:
     """The acceptance run: 3 replicas, 24 entries every second for over 60 s, the owner of e0 SIGKILLed and later
     SIGTERMed. Delivery at-least-once with catch-up 'all': no tick may be missed or received twice."""
