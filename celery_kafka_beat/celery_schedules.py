@@ -48,11 +48,15 @@ hour, Celery computes that slot's *first* occurrence, which is already past, so 
 wake-up until the wall clock leaves the hour's last slot. Here those slots simply do not run again.
 
 **solar** (``celery.schedules.solar``, needs the ``ephem`` package): the first event strictly after
-``max(prev, after)``, computed with ephem exactly as Celery does (the schedule's observer, the event's horizon,
-rising/setting/transit method and ``use_center``), on a fresh observer per call. When the event does not happen
-on a day (polar day or night), the search moves on one day (to the next anti-transit) at a time, for at most
-400 days; ``None`` if it never happens. (Celery instead returns the instant at which its 366-day search stopped,
-and would run the task then.)
+``max(prev, after)``, computed with ephem as Celery 5.6.3 and later do (the schedule's observer; the event's
+horizon, rising/setting/transit method and ``use_center`` from this module's own copy of Celery's table), on a
+fresh observer per call. The table is ours so that the timing does not depend on the installed Celery: before
+5.6.3, Celery's ``dusk_astronomical`` had a horizon of +18 degrees (the sun setting through 18 degrees *above*
+the horizon, hours before sunset; celery/celery#10121); here it is -18 degrees, astronomical dusk, on every
+version. When the event does not happen on a day (polar day or night), the search moves on one day (to the next
+anti-transit) at a time, for at most 400 days; ``None`` if it never happens. (Celery 5.7 instead returns the
+instant at which its 366-day search stopped, and would run the task then; before 5.7, its fallback for such a
+day raises ``TypeError``.)
 
 Anything else, including subclasses of these three classes (they may change the timing), is rejected with
 :class:`UnsupportedSchedule` when the schedule is converted, i.e. at start-up.
@@ -314,20 +318,47 @@ class _Cron:
 # --- solar -----------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _SolarEvent:
+    """How ephem finds one kind of solar event."""
+
+    horizon: str  # the sun's altitude at the event, in ephem's degree notation
+    method: str  # the Observer method that finds the next event
+    use_center: bool  # the altitude of the sun's centre rather than of its upper limb
+
+
+#: Celery's events, as Celery 5.6.3 and later define them (``solar._horizons``, ``_methods``, ``_use_center_l``).
+#: Kept here rather than read from the schedule object: Celery before 5.6.3 had ``dusk_astronomical`` at +18.
+_SOLAR_EVENTS: Final = {
+    "dawn_astronomical": _SolarEvent(horizon="-18", method="next_rising", use_center=True),
+    "dawn_nautical": _SolarEvent(horizon="-12", method="next_rising", use_center=True),
+    "dawn_civil": _SolarEvent(horizon="-6", method="next_rising", use_center=True),
+    "sunrise": _SolarEvent(horizon="-0:34", method="next_rising", use_center=False),
+    "solar_noon": _SolarEvent(horizon="0", method="next_transit", use_center=False),
+    "sunset": _SolarEvent(horizon="-0:34", method="next_setting", use_center=False),
+    "dusk_civil": _SolarEvent(horizon="-6", method="next_setting", use_center=True),
+    "dusk_nautical": _SolarEvent(horizon="-12", method="next_setting", use_center=True),
+    "dusk_astronomical": _SolarEvent(horizon="-18", method="next_setting", use_center=True),
+}
+
+
 def _solar(name: str, sched: Any) -> TickFunction:
     try:
         ephem: Any = importlib.import_module("ephem")
     except ImportError as exc:
         raise UnsupportedSchedule(name, _EPHEM_MISSING) from exc
+    event = _SOLAR_EVENTS.get(sched.event)
+    if event is None:  # Celery refuses unknown events; a later Celery might add one
+        raise UnsupportedSchedule(name, f"solar event {sched.event!r} is not supported by KafkaScheduler")
     cal = sched.cal
     return _Solar(
         ephem=ephem,
-        method=str(sched.method),
-        use_center=bool(sched.use_center),
+        method=event.method,
+        use_center=event.use_center,
         lat=float(cal.lat),
         lon=float(cal.lon),
         elevation=float(cal.elevation),
-        horizon=float(cal.horizon),
+        horizon=float(ephem.degrees(event.horizon)),
         pressure=float(cal.pressure),
         temperature=float(cal.temperature),
     )
@@ -335,7 +366,7 @@ def _solar(name: str, sched: Any) -> TickFunction:
 
 @dataclass(frozen=True, slots=True)
 class _Solar:
-    """Celery's solar event search (``solar._next_event``) on a fresh observer: angles in radians."""
+    """Celery 5.7's solar event search (``solar._next_event``) on a fresh observer: angles in radians."""
 
     ephem: Any
     method: str

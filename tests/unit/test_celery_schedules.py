@@ -1,8 +1,13 @@
-"""Celery schedules as pure timetables: checked against Celery's own arithmetic, pinned at DST changes."""
+"""Celery schedules as pure timetables: checked against Celery's own arithmetic, pinned at DST changes.
+
+Our timetables keep one behaviour whatever Celery is installed. Celery's own arithmetic changed between 5.3 and
+5.7; where a test compares with it, it says which versions differ and how (docs/compatibility.md).
+"""
 
 from __future__ import annotations
 
 import random
+import re
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +15,7 @@ from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import celery
 import ephem  # type: ignore[import-untyped]
 import pytest
 from celery import Celery
@@ -30,6 +36,9 @@ Y2000 = 946_684_800_000
 Y2030 = 1_893_456_000_000
 
 TickFunction = Callable[[int, int], int | None]
+
+#: The installed Celery as (major, minor, patch): the oracle tests below expect what that version computes.
+CELERY = tuple(int(n) for n in re.findall(r"\d+", celery.__version__)[:3])
 
 
 def ms(when: datetime) -> int:
@@ -376,15 +385,80 @@ def test_crontab_without_a_timezone_runs_in_utc() -> None:
 
 BERLIN = (52.52, 13.405)
 
+#: Each event as we compute it on every Celery version: (horizon, ephem method, use_center). Celery 5.6.3 and
+#: later define the same; before 5.6.3, Celery's dusk_astronomical horizon was "18" (celery/celery#10121).
+SOLAR_EVENTS = {
+    "dawn_astronomical": ("-18", "next_rising", True),
+    "dawn_nautical": ("-12", "next_rising", True),
+    "dawn_civil": ("-6", "next_rising", True),
+    "sunrise": ("-0:34", "next_rising", False),
+    "solar_noon": ("0", "next_transit", False),
+    "sunset": ("-0:34", "next_setting", False),
+    "dusk_civil": ("-6", "next_setting", True),
+    "dusk_nautical": ("-12", "next_setting", True),
+    "dusk_astronomical": ("-18", "next_setting", True),
+}
+
+
+def ephem_event(event: str, prev: int, horizon: str | None = None) -> int | None:
+    """The event's next occurrence after ``prev`` as ephem finds it from Berlin, by the event's definition in
+    ``SOLAR_EVENTS`` (or at ``horizon``); ``None`` when it does not happen that day (polar day or night)."""
+    default_horizon, method, use_center = SOLAR_EVENTS[event]
+    observer = ephem.Observer()
+    observer.lat, observer.lon, observer.elevation = str(BERLIN[0]), str(BERLIN[1]), 0
+    observer.pressure, observer.horizon = 0, horizon or default_horizon
+    start = ephem.Date(aware(prev).replace(tzinfo=None))
+    observer.date = start
+    kwargs = {"use_center": True} if use_center else {}
+    try:
+        found = getattr(observer, method)(ephem.Sun(), start=start, **kwargs)
+    except ephem.CircumpolarError:
+        return None
+    return ms(found.datetime().replace(tzinfo=UTC))
+
+
+@pytest.mark.parametrize("event", SOLAR_EVENTS)
+def test_solar_events_are_ours_whatever_the_celery_version(event: str) -> None:
+    tick = tick_function("e", solar(event, *BERLIN, app=app_in("UTC")))
+    for prev in random_instants(4, 20):
+        expected = ephem_event(event, prev)
+        if expected is not None:  # a day without the event: test_solar_polar_day_and_night
+            assert abs((tick(prev, prev) or 0) - expected) < MINUTE
+
+
+def test_dusk_astronomical_is_when_the_sun_sets_18_degrees_below_the_horizon() -> None:
+    # After sunset, not hours before it, even where Celery's own table said +18 (before 5.6.3).
+    tick = tick_function("e", solar("dusk_astronomical", *BERLIN, app=app_in("UTC")))
+    sunset = tick_function("e", solar("sunset", *BERLIN, app=app_in("UTC")))
+    noon = at("2026-03-01T12:00")
+    assert 90 * MINUTE < (tick(noon, noon) or 0) - (sunset(noon, noon) or 0) < 3 * HOUR
+
 
 @pytest.mark.parametrize("event", ["sunrise", "sunset", "solar_noon", "dawn_civil", "dusk_astronomical"])
 def test_solar_matches_celery(event: str) -> None:
+    """Celery's solar arithmetic is ours, except that:
+
+    * before 5.6.3, Celery's dusk_astronomical is the sun setting through +18 degrees (celery/celery#10121);
+    * before 5.7, on a day without the event (Berlin has no astronomical night around midsummer, and the sun never
+      reaches +18 degrees in winter), Celery's fallback adds a ``timedelta`` to an ``ephem.Date``: ``TypeError``.
+    """
     app = app_in("UTC")
     tick = tick_function("e", solar(event, *BERLIN, app=app))
+    celery_horizon = "18" if event == "dusk_astronomical" and CELERY < (5, 6, 3) else None
     for prev in random_instants(3, 20):
-        celery = solar(event, *BERLIN, app=app, nowfun=lambda prev=prev: aware(prev))
-        expected = ms(aware(prev) + celery.remaining_estimate(aware(prev)))
-        assert abs((tick(prev, prev) or 0) - expected) < MINUTE
+        celery_sched = solar(event, *BERLIN, app=app, nowfun=lambda prev=prev: aware(prev))
+        celery_event = ephem_event(event, prev, celery_horizon)
+        if celery_event is None and CELERY < (5, 7):
+            with pytest.raises(TypeError, match=r"'ephem\.Date' and 'datetime\.timedelta'"):
+                celery_sched.remaining_estimate(aware(prev))
+            continue
+        expected = ms(aware(prev) + celery_sched.remaining_estimate(aware(prev)))
+        if celery_horizon is None:
+            assert abs((tick(prev, prev) or 0) - expected) < MINUTE
+        else:
+            assert celery_event is not None
+            assert abs(celery_event - expected) < MINUTE
+            assert abs((tick(prev, prev) or 0) - expected) > HOUR  # ours: -18 degrees, after sunset
 
 
 def test_solar_sunrise_matches_ephem_and_advances_a_day_at_a_time() -> None:
@@ -414,6 +488,13 @@ def test_solar_polar_day_and_night(event: str, start: str, lat: float) -> None:
     tick = tick_function("e", solar(event, lat, 15.6, app=app_in("UTC")))
     result = tick(at(start), at(start))
     assert result is None or at(start) < result < at(start) + 400 * DAY
+
+
+def test_solar_event_we_do_not_know_is_refused() -> None:
+    sched = solar("sunrise", *BERLIN, app=app_in("UTC"))
+    sched.event = "moonrise"  # Celery refuses unknown events; a later Celery could add one
+    with pytest.raises(UnsupportedSchedule, match=r"'moon': solar event 'moonrise' is not supported"):
+        tick_function("moon", sched)
 
 
 def test_solar_without_ephem_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
