@@ -45,7 +45,9 @@ first one later than both ``prev`` and ``after``. Around DST changes this means:
 Celery's own crontab arithmetic gives the same ticks, with one exception: when its ``last_run_at`` lies in the
 second occurrence of a repeated hour (a beat started then, or a new entry) and the next slot is in the same
 hour, Celery computes that slot's *first* occurrence, which is already past, so it finds the entry due at every
-wake-up until the wall clock leaves the hour's last slot. Here those slots simply do not run again.
+wake-up until the wall clock leaves the hour's last slot. Here those slots simply do not run again. (Before 5.7,
+Celery's answer also depended on the date of its ``now``: with ``now`` on a later date than ``last_run_at``, it
+skipped the rest of ``last_run_at``'s hour, celery/celery#10494. These timetables have no ``now``.)
 
 **solar** (``celery.schedules.solar``, needs the ``ephem`` package): the first event strictly after
 ``max(prev, after)``, computed with ephem as Celery 5.6.3 and later do (the schedule's observer; the event's

@@ -215,8 +215,24 @@ def test_crontab_matches_celery(timezone: str, spec: dict[str, Any]) -> None:
     sched = crontab(app=app_in(timezone), **spec)
     tick = tick_function("e", sched)
     for prev in random_instants(2, 150):
+        # Celery's "now" is prev: before 5.7 its answer depended on the date of now (the next test), and this
+        # machine's clock must not decide a test.
+        sched.nowfun = lambda prev=prev: aware(prev, ZoneInfo(timezone))
         last_run_at, delta, _now = sched.remaining_delta(aware(prev, ZoneInfo(timezone)))
         assert tick(prev, prev) == ms((last_run_at + delta).astimezone(UTC)), aware(prev)
+
+
+@pytest.mark.parametrize("now", ["2026-05-05T10:25", "2026-05-06T00:05"])
+def test_crontab_before_celery_5_7_skipped_the_rest_of_an_earlier_days_hour(now: str) -> None:
+    # Before 5.7, crontab.remaining_delta looked for a later slot in last_run_at's hour only when now was on the
+    # same date (celery/celery#10494); on a later date it went on to the next matching hour. Ours has no now.
+    last_run_at = at("2026-05-05T10:20")
+    sched = crontab(minute="*/15", app=app_in("UTC"), nowfun=lambda: aware(at(now)))
+    celery_last_run_at, delta, _now = sched.remaining_delta(aware(last_run_at))
+    celery_next = ms((celery_last_run_at + delta).astimezone(UTC))
+    same_day = now.startswith("2026-05-05")
+    assert celery_next == at("2026-05-05T10:30" if same_day or CELERY >= (5, 7) else "2026-05-05T11:00")
+    assert tick_function("e", sched)(last_run_at, last_run_at) == at("2026-05-05T10:30")
 
 
 def test_crontab_day_of_week_and_day_of_month_must_both_match() -> None:
