@@ -13,7 +13,8 @@ is rounded to whole milliseconds (at least 1 ms); a zero or negative period is r
 
 * Ticks are ``prev + k * period`` for ``k >= 1``: the series keeps the phase of its starting point. (Celery's
   beat adds the period to the time it actually sent the task, so its series drifts by its own latency.)
-* ``relative=True`` reproduces Celery's rounding (``celery.utils.time.remaining``): a due time is rounded *down*
+* ``relative=True`` reproduces Celery 5.7's rounding (``celery.utils.time.remaining``) on every Celery version
+  (the arithmetic is ours; earlier Celery differs across DST changes, see below): a due time is rounded *down*
   to the resolution of the period, taken from its size: whole days (a period of 1 day or more) round to local
   midnight, whole hours to the start of the local hour, whole minutes to the start of the minute, anything
   shorter to the whole second. "Local" is the schedule's timezone (``sched.tz``, i.e. the app's ``timezone``),
@@ -24,7 +25,10 @@ is rounded to whole milliseconds (at least 1 ms); a zero or negative period is r
   whatever the DST changes in between. A relative period under 1 s is rejected (Celery's rounding never
   advances it). The arithmetic assumes the UTC offset changes by whole resolutions, as all DST changes do but
   one: in Australia/Lord_Howe (30-minute DST) ticks of an hourly relative series near a change may be half an
-  hour off Celery's.
+  hour off Celery's. Before 5.7 (celery/celery#10818), Celery added the period on the wall clock rather than in
+  real time, so across a DST change it differs from these ticks: before 5.5.2 (celery/celery#9669), day periods
+  land an hour off local midnight; from 5.5.2 to 5.6.x, periods under a day can skip the repeated hour or come
+  early after a spring-forward. ``docs/compatibility.md`` has the cases.
 
 **crontab** (``celery.schedules.crontab``), evaluated in the crontab's timezone (``sched.tz``, from the app's
 ``timezone``/``enable_utc``; UTC if it has none). A wall-clock slot matches when its minute, hour, day of month,

@@ -130,6 +130,35 @@ RELATIVE_PERIODS = [timedelta(seconds=30), timedelta(seconds=90), timedelta(hour
 RELATIVE_PERIODS += [timedelta(days=1), timedelta(hours=36), timedelta(days=2)]
 
 
+def celery_relative_next(prev: int, period: timedelta, tz: ZoneInfo) -> int:
+    """When Celery runs a ``relative=True`` schedule next after ``prev``: ``prev`` + ``celery.utils.time.remaining``."""
+    start = aware(prev, tz)
+    return ms(start.astimezone(UTC) + remaining(start, period, now=start, relative=True))
+
+
+def celery_relative_next_before_5_7(prev: int, period: timedelta, tz: ZoneInfo) -> int:
+    """What ``celery_relative_next`` is on Celery before 5.7, where it differs from ours across a DST change.
+
+    Ours, like Celery 5.7 (celery/celery#10818), adds the period in real time and rounds down on the local clock.
+    Before 5.7, Celery adds it on the wall clock (aware datetime arithmetic) and rounds that down: ``end``, a
+    local wall-clock time. Since 5.5.2 (celery/celery#9669) it runs at ``end`` (its first occurrence, fold=0);
+    before that, ``prev`` plus the wall-clock difference ``end - wall(prev)`` taken as real time.
+    """
+    wall = aware(prev, tz).replace(tzinfo=None)
+    end = wall + period
+    if period >= timedelta(days=1):
+        end = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif period >= timedelta(hours=1):
+        end = end.replace(minute=0, second=0, microsecond=0)
+    elif period >= timedelta(minutes=1):
+        end = end.replace(second=0, microsecond=0)
+    else:
+        end = end.replace(microsecond=0)
+    if CELERY >= (5, 5, 2):
+        return ms(end.replace(tzinfo=tz))
+    return prev + (end - wall) // timedelta(milliseconds=1)
+
+
 @pytest.mark.parametrize("timezone", ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"])
 @pytest.mark.parametrize("period", RELATIVE_PERIODS, ids=str)
 def test_relative_interval_matches_celery(timezone: str, period: timedelta) -> None:
@@ -137,17 +166,52 @@ def test_relative_interval_matches_celery(timezone: str, period: timedelta) -> N
     tick = tick_function("e", sched)
     tz = ZoneInfo(timezone)
 
-    def celery_next(t: int) -> int:
-        start = aware(t, tz)
-        return ms(start.astimezone(UTC) + remaining(start, period, now=start, relative=True))
-
     # Random starting points, and DST days: the spring and fall changes of 2026 in Europe and America.
     starts = [*random_instants(1, 60), at("2026-03-28T23:59:30"), at("2026-10-24T23:10"), at("2026-11-01T04:40")]
     for prev in starts:
         first = tick(prev, prev)
-        assert first == celery_next(prev)
         assert first is not None
-        assert tick(first, first) == celery_next(first)
+        for t, ours in ((prev, first), (first, tick(first, first))):
+            assert ours is not None
+            celery_next = celery_relative_next(t, period, tz)
+            if CELERY < (5, 7):
+                assert celery_next == celery_relative_next_before_5_7(t, period, tz)
+                if celery_next != ours:  # only across a change of the UTC offset
+                    assert aware(t, tz).utcoffset() != aware(max(ours, celery_next), tz).utcoffset()
+                    continue
+            assert ours == celery_next
+
+
+@pytest.mark.parametrize(
+    ("timezone", "period", "prev", "ours", "celery"),
+    [
+        # celery: where Celery runs it (before 5.5.2, from 5.5.2 to 5.6.x); None where it agrees with ours. All UTC.
+        # A day from 00:59:30 on the spring-forward day: the next local midnight; before 5.5.2, 01:00.
+        ("Europe/Berlin", timedelta(days=1), "2026-03-28T23:59:30", "2026-03-29T22:00", ("2026-03-29T23:00", None)),
+        # A day from 00:40 on the fall-back day: the next local midnight; before 5.5.2, 23:00 the evening before.
+        ("America/New_York", timedelta(days=1), "2026-11-01T04:40", "2026-11-02T05:00", ("2026-11-02T04:00", None)),
+        # An hour from the first 02:00 of the repeated hour: the second 02:00; 5.5.2-5.6, 03:00 (two hours).
+        ("Europe/Berlin", timedelta(hours=1), "2026-10-25T00:00", "2026-10-25T01:00", (None, "2026-10-25T02:00")),
+        ("America/New_York", timedelta(hours=1), "2026-11-01T05:20", "2026-11-01T06:00", (None, "2026-11-01T07:00")),
+        # 90 s from the first 02:59:10: the second 02:00, 50 s later; 5.5.2-5.6, 03:00 an hour later.
+        ("Europe/Berlin", timedelta(seconds=90), "2026-10-25T00:59:10", "2026-10-25T01:00", (None, "2026-10-25T02:00")),
+        # 90 min from 01:50 on the spring-forward day: 04:00 summer time; 5.5.2-5.6, 03:00, only 10 minutes later.
+        ("Europe/Berlin", timedelta(minutes=90), "2026-03-29T00:50", "2026-03-29T02:00", (None, "2026-03-29T01:00")),
+    ],
+    ids=lambda v: str(v)[:19],
+)
+def test_relative_interval_across_dst_where_celery_before_5_7_differs(
+    timezone: str, period: timedelta, prev: str, ours: str, celery: tuple[str | None, str | None]
+) -> None:
+    tick = tick_function("e", schedule(period, relative=True, app=app_in(timezone)))
+    assert tick(at(prev), at(prev)) == at(ours)
+    before_5_5_2, from_5_5_2_before_5_7 = celery
+    expected = ours  # Celery 5.7 and later
+    if CELERY < (5, 5, 2):
+        expected = before_5_5_2 or ours
+    elif CELERY < (5, 7):
+        expected = from_5_5_2_before_5_7 or ours
+    assert celery_relative_next(at(prev), period, ZoneInfo(timezone)) == at(expected)
 
 
 @pytest.mark.parametrize(
