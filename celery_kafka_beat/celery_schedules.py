@@ -31,12 +31,14 @@ is rounded to whole milliseconds (at least 1 ms); a zero or negative period is r
   early after a spring-forward. ``docs/compatibility.md`` has the cases.
 
 **crontab** (``celery.schedules.crontab``), evaluated in the crontab's timezone (``sched.tz``, from the app's
-``timezone``/``enable_utc``; UTC if it has none). A wall-clock slot matches when its minute, hour, day of month,
-month *and* day of week are all in the crontab's sets; like Celery (and unlike Vixie cron) a restricted day of
-week is ANDed with a restricted day of month. Seconds are always 0. The next tick is found by walking the
-matching wall-clock slots strictly later than the local time of ``max(prev, after)`` (whole months and days
-that cannot match are skipped), converting each to UTC as its *first* occurrence (``fold=0``), and taking the
-first one later than both ``prev`` and ``after``. Around DST changes this means:
+``timezone``/``enable_utc``; UTC if it has none; Celery's ``LocalTimezone`` is taken as the machine's local time,
+converted by the C library, not by ``LocalTimezone``'s own arithmetic, which is wrong near DST changes). A
+wall-clock slot matches when its minute, hour, day of month, month *and* day of week are all in the crontab's
+sets; like Celery (and unlike Vixie cron) a restricted day of week is ANDed with a restricted day of month.
+Seconds are always 0. The next tick is found by walking the matching wall-clock slots strictly later than the
+local time of ``max(prev, after)`` (whole months and days that cannot match are skipped), converting each to UTC
+as its *first* occurrence (``fold=0``), and taking the first one later than both ``prev`` and ``after``. Around
+DST changes this means:
 
 * Fall back: a slot in the repeated hour runs once, at its first occurrence, never twice. A series whose
   starting point lies in the second occurrence skips the repeated slots (they already had their turn).
@@ -72,6 +74,7 @@ from __future__ import annotations
 
 import calendar
 import importlib
+import time as _time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -80,6 +83,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab, schedule, solar
+from celery.utils.time import LocalTimezone
 
 __all__ = ["CelerySchedules", "TickFunction", "UnsupportedSchedule", "tick_function"]
 
@@ -419,7 +423,42 @@ def _zone_of(name: str, sched: Any) -> _Zone:
         return _Zone(ZoneInfo(tz))
     if not isinstance(tz, tzinfo):
         raise UnsupportedSchedule(name, f"schedule timezone {tz!r} is not a tzinfo")
+    if isinstance(tz, LocalTimezone):
+        return _Zone(_MachineLocalTime())
     return _Zone(tz)
+
+
+class _MachineLocalTime(tzinfo):
+    """The machine's local time, converted by the C library with PEP 495 folds: what Celery's ``LocalTimezone``
+    stands for. Celery uses ``LocalTimezone`` for ``enable_utc=False`` without a ``timezone`` before 5.6 (5.6
+    uses tzlocal's zone, and ``LocalTimezone`` only if tzlocal fails). Its own UTC -> local conversion decides
+    DST from the UTC fields read as local ones, so it is an hour off for as many hours as the UTC offset next to
+    a DST change, and before 5.7 it put every time west of UTC a day ahead (celery/celery#10519)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        if dt is None:
+            return timedelta(seconds=-_time.timezone)
+        local = dt.replace(tzinfo=None, microsecond=0)
+        # Naive timestamp(): the first occurrence (fold=0) or the second (fold=1); a skipped time with the offset
+        # before the change.
+        return local - datetime.fromtimestamp(local.timestamp(), UTC).replace(tzinfo=None)
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+    def fromutc(self, dt: datetime) -> datetime:
+        seconds = (dt.replace(tzinfo=None) - _EPOCH_NAIVE) // timedelta(seconds=1)
+        # fromtimestamp sets fold=1 on the second occurrence of a repeated time.
+        return datetime.fromtimestamp(seconds).replace(microsecond=dt.microsecond, tzinfo=self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _MachineLocalTime)
+
+    def __hash__(self) -> int:
+        return hash(_MachineLocalTime)
 
 
 @dataclass(frozen=True, slots=True)

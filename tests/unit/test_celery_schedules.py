@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -20,7 +21,7 @@ import ephem  # type: ignore[import-untyped]
 import pytest
 from celery import Celery
 from celery.schedules import BaseSchedule, crontab, schedule, solar
-from celery.utils.time import remaining
+from celery.utils.time import LocalTimezone, remaining
 from dateutil import tz as dateutil_tz  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -459,6 +460,51 @@ def test_crontab_without_a_timezone_runs_in_utc() -> None:
     sched = crontab(minute=0, hour=4, app=app_in("Asia/Tokyo"))
     sched.tz = None
     assert tick_function("e", sched)(at("2026-05-05T10:00"), at("2026-05-05T10:00")) == at("2026-05-06T04:00")
+
+
+@pytest.fixture
+def machine_timezone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets this process's local time zone (TZ) for the test; the one before it comes back afterwards."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("timezone", "change"),
+    [
+        ("America/New_York", "2026-03-08T07:00"),
+        ("America/New_York", "2026-11-01T06:00"),
+        ("Europe/Berlin", "2026-03-29T01:00"),
+        ("Europe/Berlin", "2026-10-25T01:00"),
+    ],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda app: crontab(minute=0, app=app),
+        lambda app: crontab(minute="*/30", app=app),
+        lambda app: crontab(minute=30, hour="1,2", app=app),
+        lambda app: schedule(timedelta(hours=1), relative=True, app=app),
+        lambda app: schedule(timedelta(days=1), relative=True, app=app),
+    ],
+    ids=["hourly", "half-hourly", "01:30+02:30", "relative-hour", "relative-day"],
+)
+def test_celerys_local_timezone_is_the_machines_local_time(
+    machine_timezone: Callable[[str], None], timezone: str, change: str, make: Callable[[Celery], Any]
+) -> None:
+    # Celery's LocalTimezone (enable_utc=False without a timezone: the default before 5.6) converts wrongly near
+    # DST changes, and before 5.7 a day ahead west of UTC; the ticks are the zone's own on every version.
+    machine_timezone(timezone)
+    local = make(app_in("UTC"))
+    local.tz = LocalTimezone()
+    expected = walk(tick_function("e", make(app_in(timezone))), at(change) - DAY, at(change) + 2 * DAY)
+    assert walk(tick_function("e", local), at(change) - DAY, at(change) + 2 * DAY) == expected
 
 
 # --- solar -----------------------------------------------------------------------------------------------------
