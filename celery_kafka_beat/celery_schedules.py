@@ -13,7 +13,8 @@ is rounded to whole milliseconds (at least 1 ms); a zero or negative period is r
 
 * Ticks are ``prev + k * period`` for ``k >= 1``: the series keeps the phase of its starting point. (Celery's
   beat adds the period to the time it actually sent the task, so its series drifts by its own latency.)
-* ``relative=True`` reproduces Celery's rounding (``celery.utils.time.remaining``): a due time is rounded *down*
+* ``relative=True`` reproduces Celery 5.7's rounding (``celery.utils.time.remaining``) on every Celery version
+  (the arithmetic is ours; earlier Celery differs across DST changes, see below): a due time is rounded *down*
   to the resolution of the period, taken from its size: whole days (a period of 1 day or more) round to local
   midnight, whole hours to the start of the local hour, whole minutes to the start of the minute, anything
   shorter to the whole second. "Local" is the schedule's timezone (``sched.tz``, i.e. the app's ``timezone``),
@@ -24,15 +25,20 @@ is rounded to whole milliseconds (at least 1 ms); a zero or negative period is r
   whatever the DST changes in between. A relative period under 1 s is rejected (Celery's rounding never
   advances it). The arithmetic assumes the UTC offset changes by whole resolutions, as all DST changes do but
   one: in Australia/Lord_Howe (30-minute DST) ticks of an hourly relative series near a change may be half an
-  hour off Celery's.
+  hour off Celery's. Before 5.7 (celery/celery#10818), Celery added the period on the wall clock rather than in
+  real time, so across a DST change it differs from these ticks: before 5.5.2 (celery/celery#9669), day periods
+  land an hour off local midnight; from 5.5.2 to 5.6.x, periods under a day can skip the repeated hour or come
+  early after a spring-forward. ``docs/compatibility.md`` has the cases.
 
 **crontab** (``celery.schedules.crontab``), evaluated in the crontab's timezone (``sched.tz``, from the app's
-``timezone``/``enable_utc``; UTC if it has none). A wall-clock slot matches when its minute, hour, day of month,
-month *and* day of week are all in the crontab's sets; like Celery (and unlike Vixie cron) a restricted day of
-week is ANDed with a restricted day of month. Seconds are always 0. The next tick is found by walking the
-matching wall-clock slots strictly later than the local time of ``max(prev, after)`` (whole months and days
-that cannot match are skipped), converting each to UTC as its *first* occurrence (``fold=0``), and taking the
-first one later than both ``prev`` and ``after``. Around DST changes this means:
+``timezone``/``enable_utc``; UTC if it has none; Celery's ``LocalTimezone`` is taken as the machine's local time,
+converted by the C library, not by ``LocalTimezone``'s own arithmetic, which is wrong near DST changes). A
+wall-clock slot matches when its minute, hour, day of month, month *and* day of week are all in the crontab's
+sets; like Celery (and unlike Vixie cron) a restricted day of week is ANDed with a restricted day of month.
+Seconds are always 0. The next tick is found by walking the matching wall-clock slots strictly later than the
+local time of ``max(prev, after)`` (whole months and days that cannot match are skipped), converting each to UTC
+as its *first* occurrence (``fold=0``), and taking the first one later than both ``prev`` and ``after``. Around
+DST changes this means:
 
 * Fall back: a slot in the repeated hour runs once, at its first occurrence, never twice. A series whose
   starting point lies in the second occurrence skips the repeated slots (they already had their turn).
@@ -45,14 +51,20 @@ first one later than both ``prev`` and ``after``. Around DST changes this means:
 Celery's own crontab arithmetic gives the same ticks, with one exception: when its ``last_run_at`` lies in the
 second occurrence of a repeated hour (a beat started then, or a new entry) and the next slot is in the same
 hour, Celery computes that slot's *first* occurrence, which is already past, so it finds the entry due at every
-wake-up until the wall clock leaves the hour's last slot. Here those slots simply do not run again.
+wake-up until the wall clock leaves the hour's last slot. Here those slots simply do not run again. (Before 5.7,
+Celery's answer also depended on the date of its ``now``: with ``now`` on a later date than ``last_run_at``, it
+skipped the rest of ``last_run_at``'s hour, celery/celery#10494. These timetables have no ``now``.)
 
 **solar** (``celery.schedules.solar``, needs the ``ephem`` package): the first event strictly after
-``max(prev, after)``, computed with ephem exactly as Celery does (the schedule's observer, the event's horizon,
-rising/setting/transit method and ``use_center``), on a fresh observer per call. When the event does not happen
-on a day (polar day or night), the search moves on one day (to the next anti-transit) at a time, for at most
-400 days; ``None`` if it never happens. (Celery instead returns the instant at which its 366-day search stopped,
-and would run the task then.)
+``max(prev, after)``, computed with ephem as Celery 5.6.3 and later do (the schedule's observer; the event's
+horizon, rising/setting/transit method and ``use_center`` from this module's own copy of Celery's table), on a
+fresh observer per call. The table is ours so that the timing does not depend on the installed Celery: before
+5.6.3, Celery's ``dusk_astronomical`` had a horizon of +18 degrees (the sun setting through 18 degrees *above*
+the horizon, hours before sunset; celery/celery#10121); here it is -18 degrees, astronomical dusk, on every
+version. When the event does not happen on a day (polar day or night), the search moves on one day (to the next
+anti-transit) at a time, for at most 400 days; ``None`` if it never happens. (Celery 5.7 instead returns the
+instant at which its 366-day search stopped, and would run the task then; before 5.7, its fallback for such a
+day raises ``TypeError``.)
 
 Anything else, including subclasses of these three classes (they may change the timing), is rejected with
 :class:`UnsupportedSchedule` when the schedule is converted, i.e. at start-up.
@@ -62,6 +74,7 @@ from __future__ import annotations
 
 import calendar
 import importlib
+import time as _time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,6 +83,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab, schedule, solar
+from celery.utils.time import LocalTimezone
 
 __all__ = ["CelerySchedules", "TickFunction", "UnsupportedSchedule", "tick_function"]
 
@@ -314,20 +328,47 @@ class _Cron:
 # --- solar -----------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _SolarEvent:
+    """How ephem finds one kind of solar event."""
+
+    horizon: str  # the sun's altitude at the event, in ephem's degree notation
+    method: str  # the Observer method that finds the next event
+    use_center: bool  # the altitude of the sun's centre rather than of its upper limb
+
+
+#: Celery's events, as Celery 5.6.3 and later define them (``solar._horizons``, ``_methods``, ``_use_center_l``).
+#: Kept here rather than read from the schedule object: Celery before 5.6.3 had ``dusk_astronomical`` at +18.
+_SOLAR_EVENTS: Final = {
+    "dawn_astronomical": _SolarEvent(horizon="-18", method="next_rising", use_center=True),
+    "dawn_nautical": _SolarEvent(horizon="-12", method="next_rising", use_center=True),
+    "dawn_civil": _SolarEvent(horizon="-6", method="next_rising", use_center=True),
+    "sunrise": _SolarEvent(horizon="-0:34", method="next_rising", use_center=False),
+    "solar_noon": _SolarEvent(horizon="0", method="next_transit", use_center=False),
+    "sunset": _SolarEvent(horizon="-0:34", method="next_setting", use_center=False),
+    "dusk_civil": _SolarEvent(horizon="-6", method="next_setting", use_center=True),
+    "dusk_nautical": _SolarEvent(horizon="-12", method="next_setting", use_center=True),
+    "dusk_astronomical": _SolarEvent(horizon="-18", method="next_setting", use_center=True),
+}
+
+
 def _solar(name: str, sched: Any) -> TickFunction:
     try:
         ephem: Any = importlib.import_module("ephem")
     except ImportError as exc:
         raise UnsupportedSchedule(name, _EPHEM_MISSING) from exc
+    event = _SOLAR_EVENTS.get(sched.event)
+    if event is None:  # Celery refuses unknown events; a later Celery might add one
+        raise UnsupportedSchedule(name, f"solar event {sched.event!r} is not supported by KafkaScheduler")
     cal = sched.cal
     return _Solar(
         ephem=ephem,
-        method=str(sched.method),
-        use_center=bool(sched.use_center),
+        method=event.method,
+        use_center=event.use_center,
         lat=float(cal.lat),
         lon=float(cal.lon),
         elevation=float(cal.elevation),
-        horizon=float(cal.horizon),
+        horizon=float(ephem.degrees(event.horizon)),
         pressure=float(cal.pressure),
         temperature=float(cal.temperature),
     )
@@ -335,7 +376,7 @@ def _solar(name: str, sched: Any) -> TickFunction:
 
 @dataclass(frozen=True, slots=True)
 class _Solar:
-    """Celery's solar event search (``solar._next_event``) on a fresh observer: angles in radians."""
+    """Celery 5.7's solar event search (``solar._next_event``) on a fresh observer: angles in radians."""
 
     ephem: Any
     method: str
@@ -382,7 +423,42 @@ def _zone_of(name: str, sched: Any) -> _Zone:
         return _Zone(ZoneInfo(tz))
     if not isinstance(tz, tzinfo):
         raise UnsupportedSchedule(name, f"schedule timezone {tz!r} is not a tzinfo")
+    if isinstance(tz, LocalTimezone):
+        return _Zone(_MachineLocalTime())
     return _Zone(tz)
+
+
+class _MachineLocalTime(tzinfo):
+    """The machine's local time, converted by the C library with PEP 495 folds: what Celery's ``LocalTimezone``
+    stands for. Celery uses ``LocalTimezone`` for ``enable_utc=False`` without a ``timezone`` before 5.6 (5.6
+    uses tzlocal's zone, and ``LocalTimezone`` only if tzlocal fails). Its own UTC -> local conversion decides
+    DST from the UTC fields read as local ones, so it is an hour off for as many hours as the UTC offset next to
+    a DST change, and before 5.7 it put every time west of UTC a day ahead (celery/celery#10519)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        if dt is None:
+            return timedelta(seconds=-_time.timezone)
+        local = dt.replace(tzinfo=None, microsecond=0)
+        # Naive timestamp(): the first occurrence (fold=0) or the second (fold=1); a skipped time with the offset
+        # before the change.
+        return local - datetime.fromtimestamp(local.timestamp(), UTC).replace(tzinfo=None)
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+    def fromutc(self, dt: datetime) -> datetime:
+        seconds = (dt.replace(tzinfo=None) - _EPOCH_NAIVE) // timedelta(seconds=1)
+        # fromtimestamp sets fold=1 on the second occurrence of a repeated time.
+        return datetime.fromtimestamp(seconds).replace(microsecond=dt.microsecond, tzinfo=self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _MachineLocalTime)
+
+    def __hash__(self) -> int:
+        return hash(_MachineLocalTime)
 
 
 @dataclass(frozen=True, slots=True)

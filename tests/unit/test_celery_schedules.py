@@ -1,20 +1,27 @@
-"""Celery schedules as pure timetables: checked against Celery's own arithmetic, pinned at DST changes."""
+"""Celery schedules as pure timetables: checked against Celery's own arithmetic, pinned at DST changes.
+
+Our timetables keep one behaviour whatever Celery is installed. Celery's own arithmetic changed between 5.3 and
+5.7; where a test compares with it, it says which versions differ and how (docs/compatibility.md).
+"""
 
 from __future__ import annotations
 
 import random
+import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import celery
 import ephem  # type: ignore[import-untyped]
 import pytest
 from celery import Celery
 from celery.schedules import BaseSchedule, crontab, schedule, solar
-from celery.utils.time import remaining
+from celery.utils.time import LocalTimezone, remaining
 from dateutil import tz as dateutil_tz  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,6 +37,9 @@ Y2000 = 946_684_800_000
 Y2030 = 1_893_456_000_000
 
 TickFunction = Callable[[int, int], int | None]
+
+#: The installed Celery as (major, minor, patch): the oracle tests below expect what that version computes.
+CELERY = tuple(int(n) for n in re.findall(r"\d+", celery.__version__)[:3])
 
 
 def ms(when: datetime) -> int:
@@ -121,6 +131,35 @@ RELATIVE_PERIODS = [timedelta(seconds=30), timedelta(seconds=90), timedelta(hour
 RELATIVE_PERIODS += [timedelta(days=1), timedelta(hours=36), timedelta(days=2)]
 
 
+def celery_relative_next(prev: int, period: timedelta, tz: ZoneInfo) -> int:
+    """When Celery runs a ``relative=True`` schedule next after ``prev``: ``prev`` + ``celery.utils.time.remaining``."""
+    start = aware(prev, tz)
+    return ms(start.astimezone(UTC) + remaining(start, period, now=start, relative=True))
+
+
+def celery_relative_next_before_5_7(prev: int, period: timedelta, tz: ZoneInfo) -> int:
+    """What ``celery_relative_next`` is on Celery before 5.7, where it differs from ours across a DST change.
+
+    Ours, like Celery 5.7 (celery/celery#10818), adds the period in real time and rounds down on the local clock.
+    Before 5.7, Celery adds it on the wall clock (aware datetime arithmetic) and rounds that down: ``end``, a
+    local wall-clock time. Since 5.5.2 (celery/celery#9669) it runs at ``end`` (its first occurrence, fold=0);
+    before that, ``prev`` plus the wall-clock difference ``end - wall(prev)`` taken as real time.
+    """
+    wall = aware(prev, tz).replace(tzinfo=None)
+    end = wall + period
+    if period >= timedelta(days=1):
+        end = end.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif period >= timedelta(hours=1):
+        end = end.replace(minute=0, second=0, microsecond=0)
+    elif period >= timedelta(minutes=1):
+        end = end.replace(second=0, microsecond=0)
+    else:
+        end = end.replace(microsecond=0)
+    if CELERY >= (5, 5, 2):
+        return ms(end.replace(tzinfo=tz))
+    return prev + (end - wall) // timedelta(milliseconds=1)
+
+
 @pytest.mark.parametrize("timezone", ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"])
 @pytest.mark.parametrize("period", RELATIVE_PERIODS, ids=str)
 def test_relative_interval_matches_celery(timezone: str, period: timedelta) -> None:
@@ -128,17 +167,52 @@ def test_relative_interval_matches_celery(timezone: str, period: timedelta) -> N
     tick = tick_function("e", sched)
     tz = ZoneInfo(timezone)
 
-    def celery_next(t: int) -> int:
-        start = aware(t, tz)
-        return ms(start.astimezone(UTC) + remaining(start, period, now=start, relative=True))
-
     # Random starting points, and DST days: the spring and fall changes of 2026 in Europe and America.
     starts = [*random_instants(1, 60), at("2026-03-28T23:59:30"), at("2026-10-24T23:10"), at("2026-11-01T04:40")]
     for prev in starts:
         first = tick(prev, prev)
-        assert first == celery_next(prev)
         assert first is not None
-        assert tick(first, first) == celery_next(first)
+        for t, ours in ((prev, first), (first, tick(first, first))):
+            assert ours is not None
+            celery_next = celery_relative_next(t, period, tz)
+            if CELERY < (5, 7):
+                assert celery_next == celery_relative_next_before_5_7(t, period, tz)
+                if celery_next != ours:  # only across a change of the UTC offset
+                    assert aware(t, tz).utcoffset() != aware(max(ours, celery_next), tz).utcoffset()
+                    continue
+            assert ours == celery_next
+
+
+@pytest.mark.parametrize(
+    ("timezone", "period", "prev", "ours", "celery"),
+    [
+        # celery: where Celery runs it (before 5.5.2, from 5.5.2 to 5.6.x); None where it agrees with ours. All UTC.
+        # A day from 00:59:30 on the spring-forward day: the next local midnight; before 5.5.2, 01:00.
+        ("Europe/Berlin", timedelta(days=1), "2026-03-28T23:59:30", "2026-03-29T22:00", ("2026-03-29T23:00", None)),
+        # A day from 00:40 on the fall-back day: the next local midnight; before 5.5.2, 23:00 the evening before.
+        ("America/New_York", timedelta(days=1), "2026-11-01T04:40", "2026-11-02T05:00", ("2026-11-02T04:00", None)),
+        # An hour from the first 02:00 of the repeated hour: the second 02:00; 5.5.2-5.6, 03:00 (two hours).
+        ("Europe/Berlin", timedelta(hours=1), "2026-10-25T00:00", "2026-10-25T01:00", (None, "2026-10-25T02:00")),
+        ("America/New_York", timedelta(hours=1), "2026-11-01T05:20", "2026-11-01T06:00", (None, "2026-11-01T07:00")),
+        # 90 s from the first 02:59:10: the second 02:00, 50 s later; 5.5.2-5.6, 03:00 an hour later.
+        ("Europe/Berlin", timedelta(seconds=90), "2026-10-25T00:59:10", "2026-10-25T01:00", (None, "2026-10-25T02:00")),
+        # 90 min from 01:50 on the spring-forward day: 04:00 summer time; 5.5.2-5.6, 03:00, only 10 minutes later.
+        ("Europe/Berlin", timedelta(minutes=90), "2026-03-29T00:50", "2026-03-29T02:00", (None, "2026-03-29T01:00")),
+    ],
+    ids=lambda v: str(v)[:19],
+)
+def test_relative_interval_across_dst_where_celery_before_5_7_differs(
+    timezone: str, period: timedelta, prev: str, ours: str, celery: tuple[str | None, str | None]
+) -> None:
+    tick = tick_function("e", schedule(period, relative=True, app=app_in(timezone)))
+    assert tick(at(prev), at(prev)) == at(ours)
+    before_5_5_2, from_5_5_2_before_5_7 = celery
+    expected = ours  # Celery 5.7 and later
+    if CELERY < (5, 5, 2):
+        expected = before_5_5_2 or ours
+    elif CELERY < (5, 7):
+        expected = from_5_5_2_before_5_7 or ours
+    assert celery_relative_next(at(prev), period, ZoneInfo(timezone)) == at(expected)
 
 
 @pytest.mark.parametrize(
@@ -206,8 +280,24 @@ def test_crontab_matches_celery(timezone: str, spec: dict[str, Any]) -> None:
     sched = crontab(app=app_in(timezone), **spec)
     tick = tick_function("e", sched)
     for prev in random_instants(2, 150):
+        # Celery's "now" is prev: before 5.7 its answer depended on the date of now (the next test), and this
+        # machine's clock must not decide a test.
+        sched.nowfun = lambda prev=prev: aware(prev, ZoneInfo(timezone))
         last_run_at, delta, _now = sched.remaining_delta(aware(prev, ZoneInfo(timezone)))
         assert tick(prev, prev) == ms((last_run_at + delta).astimezone(UTC)), aware(prev)
+
+
+@pytest.mark.parametrize("now", ["2026-05-05T10:25", "2026-05-06T00:05"])
+def test_crontab_before_celery_5_7_skipped_the_rest_of_an_earlier_days_hour(now: str) -> None:
+    # Before 5.7, crontab.remaining_delta looked for a later slot in last_run_at's hour only when now was on the
+    # same date (celery/celery#10494); on a later date it went on to the next matching hour. Ours has no now.
+    last_run_at = at("2026-05-05T10:20")
+    sched = crontab(minute="*/15", app=app_in("UTC"), nowfun=lambda: aware(at(now)))
+    celery_last_run_at, delta, _now = sched.remaining_delta(aware(last_run_at))
+    celery_next = ms((celery_last_run_at + delta).astimezone(UTC))
+    same_day = now.startswith("2026-05-05")
+    assert celery_next == at("2026-05-05T10:30" if same_day or CELERY >= (5, 7) else "2026-05-05T11:00")
+    assert tick_function("e", sched)(last_run_at, last_run_at) == at("2026-05-05T10:30")
 
 
 def test_crontab_day_of_week_and_day_of_month_must_both_match() -> None:
@@ -372,19 +462,129 @@ def test_crontab_without_a_timezone_runs_in_utc() -> None:
     assert tick_function("e", sched)(at("2026-05-05T10:00"), at("2026-05-05T10:00")) == at("2026-05-06T04:00")
 
 
+@pytest.fixture
+def machine_timezone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Sets this process's local time zone (TZ) for the test; the one before it comes back afterwards."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("timezone", "change"),
+    [
+        ("America/New_York", "2026-03-08T07:00"),
+        ("America/New_York", "2026-11-01T06:00"),
+        ("Europe/Berlin", "2026-03-29T01:00"),
+        ("Europe/Berlin", "2026-10-25T01:00"),
+    ],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda app: crontab(minute=0, app=app),
+        lambda app: crontab(minute="*/30", app=app),
+        lambda app: crontab(minute=30, hour="1,2", app=app),
+        lambda app: schedule(timedelta(hours=1), relative=True, app=app),
+        lambda app: schedule(timedelta(days=1), relative=True, app=app),
+    ],
+    ids=["hourly", "half-hourly", "01:30+02:30", "relative-hour", "relative-day"],
+)
+def test_celerys_local_timezone_is_the_machines_local_time(
+    machine_timezone: Callable[[str], None], timezone: str, change: str, make: Callable[[Celery], Any]
+) -> None:
+    # Celery's LocalTimezone (enable_utc=False without a timezone: the default before 5.6) converts wrongly near
+    # DST changes, and before 5.7 a day ahead west of UTC; the ticks are the zone's own on every version.
+    machine_timezone(timezone)
+    local = make(app_in("UTC"))
+    local.tz = LocalTimezone()
+    expected = walk(tick_function("e", make(app_in(timezone))), at(change) - DAY, at(change) + 2 * DAY)
+    assert walk(tick_function("e", local), at(change) - DAY, at(change) + 2 * DAY) == expected
+
+
 # --- solar -----------------------------------------------------------------------------------------------------
 
 BERLIN = (52.52, 13.405)
 
+#: Each event as we compute it on every Celery version: (horizon, ephem method, use_center). Celery 5.6.3 and
+#: later define the same; before 5.6.3, Celery's dusk_astronomical horizon was "18" (celery/celery#10121).
+SOLAR_EVENTS = {
+    "dawn_astronomical": ("-18", "next_rising", True),
+    "dawn_nautical": ("-12", "next_rising", True),
+    "dawn_civil": ("-6", "next_rising", True),
+    "sunrise": ("-0:34", "next_rising", False),
+    "solar_noon": ("0", "next_transit", False),
+    "sunset": ("-0:34", "next_setting", False),
+    "dusk_civil": ("-6", "next_setting", True),
+    "dusk_nautical": ("-12", "next_setting", True),
+    "dusk_astronomical": ("-18", "next_setting", True),
+}
+
+
+def ephem_event(event: str, prev: int, horizon: str | None = None) -> int | None:
+    """The event's next occurrence after ``prev`` as ephem finds it from Berlin, by the event's definition in
+    ``SOLAR_EVENTS`` (or at ``horizon``); ``None`` when it does not happen that day (polar day or night)."""
+    default_horizon, method, use_center = SOLAR_EVENTS[event]
+    observer = ephem.Observer()
+    observer.lat, observer.lon, observer.elevation = str(BERLIN[0]), str(BERLIN[1]), 0
+    observer.pressure, observer.horizon = 0, horizon or default_horizon
+    start = ephem.Date(aware(prev).replace(tzinfo=None))
+    observer.date = start
+    kwargs = {"use_center": True} if use_center else {}
+    try:
+        found = getattr(observer, method)(ephem.Sun(), start=start, **kwargs)
+    except ephem.CircumpolarError:
+        return None
+    return ms(found.datetime().replace(tzinfo=UTC))
+
+
+@pytest.mark.parametrize("event", SOLAR_EVENTS)
+def test_solar_events_are_ours_whatever_the_celery_version(event: str) -> None:
+    tick = tick_function("e", solar(event, *BERLIN, app=app_in("UTC")))
+    for prev in random_instants(4, 20):
+        expected = ephem_event(event, prev)
+        if expected is not None:  # a day without the event: test_solar_polar_day_and_night
+            assert abs((tick(prev, prev) or 0) - expected) < MINUTE
+
+
+def test_dusk_astronomical_is_when_the_sun_sets_18_degrees_below_the_horizon() -> None:
+    # After sunset, not hours before it, even where Celery's own table said +18 (before 5.6.3).
+    tick = tick_function("e", solar("dusk_astronomical", *BERLIN, app=app_in("UTC")))
+    sunset = tick_function("e", solar("sunset", *BERLIN, app=app_in("UTC")))
+    noon = at("2026-03-01T12:00")
+    assert 90 * MINUTE < (tick(noon, noon) or 0) - (sunset(noon, noon) or 0) < 3 * HOUR
+
 
 @pytest.mark.parametrize("event", ["sunrise", "sunset", "solar_noon", "dawn_civil", "dusk_astronomical"])
 def test_solar_matches_celery(event: str) -> None:
+    """Celery's solar arithmetic is ours, except that:
+
+    * before 5.6.3, Celery's dusk_astronomical is the sun setting through +18 degrees (celery/celery#10121);
+    * before 5.7, on a day without the event (Berlin has no astronomical night around midsummer, and the sun never
+      reaches +18 degrees in winter), Celery's fallback adds a ``timedelta`` to an ``ephem.Date``: ``TypeError``.
+    """
     app = app_in("UTC")
     tick = tick_function("e", solar(event, *BERLIN, app=app))
+    celery_horizon = "18" if event == "dusk_astronomical" and CELERY < (5, 6, 3) else None
     for prev in random_instants(3, 20):
-        celery = solar(event, *BERLIN, app=app, nowfun=lambda prev=prev: aware(prev))
-        expected = ms(aware(prev) + celery.remaining_estimate(aware(prev)))
-        assert abs((tick(prev, prev) or 0) - expected) < MINUTE
+        celery_sched = solar(event, *BERLIN, app=app, nowfun=lambda prev=prev: aware(prev))
+        celery_event = ephem_event(event, prev, celery_horizon)
+        if celery_event is None and CELERY < (5, 7):
+            with pytest.raises(TypeError, match=r"'ephem\.Date' and 'datetime\.timedelta'"):
+                celery_sched.remaining_estimate(aware(prev))
+            continue
+        expected = ms(aware(prev) + celery_sched.remaining_estimate(aware(prev)))
+        if celery_horizon is None:
+            assert abs((tick(prev, prev) or 0) - expected) < MINUTE
+        else:
+            assert celery_event is not None
+            assert abs(celery_event - expected) < MINUTE
+            assert abs((tick(prev, prev) or 0) - expected) > HOUR  # ours: -18 degrees, after sunset
 
 
 def test_solar_sunrise_matches_ephem_and_advances_a_day_at_a_time() -> None:
@@ -414,6 +614,13 @@ def test_solar_polar_day_and_night(event: str, start: str, lat: float) -> None:
     tick = tick_function("e", solar(event, lat, 15.6, app=app_in("UTC")))
     result = tick(at(start), at(start))
     assert result is None or at(start) < result < at(start) + 400 * DAY
+
+
+def test_solar_event_we_do_not_know_is_refused() -> None:
+    sched = solar("sunrise", *BERLIN, app=app_in("UTC"))
+    sched.event = "moonrise"  # Celery refuses unknown events; a later Celery could add one
+    with pytest.raises(UnsupportedSchedule, match=r"'moon': solar event 'moonrise' is not supported"):
+        tick_function("moon", sched)
 
 
 def test_solar_without_ephem_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
