@@ -187,7 +187,9 @@ def _run(demo: Demo, seconds: float, kill_after: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m celery_kafka_beat.demo", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m celery_kafka_beat.demo", description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument("--seconds", type=float, default=40.0, help="how long the replicas run (default 40)")
     parser.add_argument("--kill-after", type=float, default=15.0, help="when the owner is SIGKILLed (default 15)")
     args = parser.parse_args(argv)
