@@ -1,4 +1,4 @@
-"""``python -m bench``: the benchmark suite (celery-kafka-beat, stock Celery beat and RedBeat, side by side in one
+"""``python -m proof.bench``: the benchmark suite (celery-kafka-beat, stock Celery beat and RedBeat, side by side in one
 run, on one machine) and its report.
 
     python -m proof.bench run [--quick] [--only failover,lateness,...] [--kills 30] [--out docs/benchmarks.md]
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m proof.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the scenarios and write the report")
     r.add_argument("--quick", action="store_true", help="a smoke run: few kills, short windows, small sizes")
