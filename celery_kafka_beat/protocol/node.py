@@ -207,11 +207,15 @@ class NodeCore:
         self._last_sent_at = -(10**12)
         self._desired: frozenset[str] = frozenset()
         self._desired_key: tuple[int, int, int, str | None] | None = None
-        # The last answer of the balancer (entry -> session), and a count of grants it did not foresee: a claim
-        # granted as it said changes nothing it says, so it is not asked again (at start-up, 100,000 entries are
-        # granted in dozens of records).
+        # The last answer of the balancer (entry -> session), and a count of grants it did not foresee. A grant it
+        # did not foresee makes the node ask again at once; grants it foresaw (at start-up, 100,000 entries are
+        # granted in dozens of records) at most once a heartbeat interval, so that every node, once the grants
+        # stop, asks from the same state and they agree: an answer from a state a peer never asked from could give
+        # an entry to the peer while the peer's answer gives it back, and nobody would claim it.
         self._assigned: dict[str, str] = {}
         self._unforeseen = 0
+        self._asked_granted = -1  # state.granted when the balancer was last asked
+        self._asked_at = -(10**12)
         self._inputs_key: int | None = None
         self._inputs: tuple[Mapping[str, int], dict[str, frozenset[str]]] = ({}, {})
         self._deferring = False  # claiming nothing while a node of an older protocol version is live
@@ -418,7 +422,7 @@ class NodeCore:
                 # Still waiting for ticks to be published: keep the lease, or they could not be published.
                 actions.append(self._append(wire.Heartbeat(session=self.session, seq=0), now))
             return actions
-        actions += self._reconcile()
+        actions += self._reconcile(now)
         actions += self._flush_acks_batched(now)
         actions += self._votes(now)
         actions += self._ready(now)
@@ -629,12 +633,15 @@ class NodeCore:
     def _item_size(self, item: tuple[str, int]) -> int:
         return self._sizes(item[0])
 
-    def _reconcile(self) -> list[Action]:
+    def _reconcile(self, now: int) -> list[Action]:
         """Recompute which of this node's entries it should own, when membership or ownership changed."""
         key = (self.state.membership, self.state.freed, self._unforeseen, self.session)
-        if key == self._desired_key:
+        granted = self.state.granted
+        if key == self._desired_key and (
+            granted == self._asked_granted or now - self._asked_at < self.settings.heartbeat_ms
+        ):
             return []
-        self._desired_key = key
+        self._desired_key, self._asked_granted, self._asked_at = key, granted, now
         me = self.session
         notes: list[Action] = []
         deferring = self.state.old_versions_live()

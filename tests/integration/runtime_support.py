@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import celery_kafka_beat
 from celery_kafka_beat import wire
 from celery_kafka_beat.protocol import ClusterState
-from celery_kafka_beat.protocol.assignment import Rendezvous
+from celery_kafka_beat.protocol.assignment import Balancer, tick_weight
+from celery_kafka_beat.protocol.schedules import IntervalSchedule
 from celery_kafka_beat.runtime import read_topic
 from celery_kafka_beat.runtime.kafka import LogRecord
 
@@ -323,16 +324,29 @@ def proc_owners(nodes: Iterable[NodeProc]) -> dict[str, list[str]]:
     return owners
 
 
-def procs_settled(nodes: list[NodeProc], entries: Iterable[str]) -> dict[str, list[str]] | None:
-    """The ownership, once it is the rendezvous assignment among the live sessions (the stable state)."""
-    sessions = {}
+def balanced(periods: Mapping[str, int], owned: Mapping[str, Iterable[str]]) -> bool:
+    """Whether every entry is owned by one of the sessions in ``owned`` (session -> entries) and the balancer, asked
+    from that ownership with those sessions as candidates, would move nothing: the stable state."""
+    sessions = frozenset(owned)
+    if not sessions:
+        return False
+    mine = {s: set(es) for s, es in owned.items()}
+    if sorted(e for es in mine.values() for e in es) != sorted(periods):
+        return False
+    schedule = IntervalSchedule(dict(periods))
+    weights = {e: tick_weight(schedule, e) for e in periods}
+    answer = Balancer().balance(weights, dict.fromkeys(periods, sessions), mine)
+    return all(e in mine[s] for e, s in answer.items())
+
+
+def procs_settled(nodes: list[NodeProc], periods: Mapping[str, int]) -> dict[str, list[str]] | None:
+    """The ownership, once it is stable: every entry owned once by a live node and nothing left for the balancer
+    to move among the live sessions."""
+    owned = {}
     for n in nodes:
         status = n.status()
         if n.alive() and status is not None and status["live"]:
-            sessions[status["session"]] = n.name
-    if not sessions:
+            owned[status["session"]] = n.owned()
+    if not balanced(periods, owned):
         return None
-    rv = Rendezvous()
-    expected = {e: [sessions[str(rv.choose(e, sessions))]] for e in entries}
-    owners = proc_owners(nodes)
-    return owners if owners == expected else None
+    return proc_owners(nodes)

@@ -178,7 +178,7 @@ def start_nodes(cluster: KafkaCluster, topic: str, workdir: Path, procs: list[No
         n.start()
     for n in nodes:
         n.wait_ready(START_S)
-    wait_for(lambda: procs_settled(nodes, ENTRIES), SETTLE_S, "every entry owned once (the rendezvous assignment)")
+    wait_for(lambda: procs_settled(nodes, ENTRIES), SETTLE_S, "every entry owned once (the balanced assignment)")
     cluster.move_leader(topic, 0, TRUE_BROKER)
     return nodes
 

@@ -64,7 +64,7 @@ def test_a_snapshot_that_does_not_cover_the_log_start_is_not_used(kafka_bootstra
         wait_for(lambda: a.owned == set(PERIODS), START_S, "a owning everything")
         fake = FakeSession(kafka_bootstrap, topic_name, sorted(PERIODS))
         fake.send(wire.Ready(session="", seq=0))
-        # The fake session is a candidate now: 'a' releases the entries rendezvous gives it.
+        # The fake session is a candidate now: 'a' releases the entries the balancer gives it.
         wait_for(lambda: len(a.owned) < len(PERIODS), 20, "a releasing entries to the newcomer")
         claimed = fake.send(wire.Claim(session="", seq=0, entries=tuple(sorted(PERIODS))))
         # The state just before the claim, written as a snapshot by the fake session (a live session: a valid part)

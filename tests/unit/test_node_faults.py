@@ -162,10 +162,10 @@ def test_the_old_rule_candidacy_at_hello_loses_ticks(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ClusterState, "is_ready", lambda self, session: session in self.sessions)
     original = node_module.NodeCore._reconcile
 
-    def at_hello(self: NodeCore) -> list[Action]:
+    def at_hello(self: NodeCore, now: int) -> list[Action]:
         for s in self.state.sessions.values():
             s.ready = True
-        return original(self)
+        return original(self, now)
 
     monkeypatch.setattr(node_module.NodeCore, "_reconcile", at_hello)
     cluster = Cluster(lease_ms=1000, heartbeat_ms=250, probation_ms=2000)

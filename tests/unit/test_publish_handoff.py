@@ -121,7 +121,7 @@ def test_an_entry_is_not_released_while_a_tick_of_it_is_with_the_shell() -> None
         node.core.on_dispatched(d.entry, d.tick)
     node.advance(100)
     released = {name for r in node.log if isinstance(r, wire.Release) for name, _ in r.items}
-    assert released  # now the entries the newcomer should own move (rendezvous gives it some of 16)
+    assert released  # now the entries the newcomer should own move (the balancer gives it half of 16)
 
 
 def test_a_claim_given_up_is_never_used_again_even_when_its_release_was_lost() -> None:
