@@ -21,8 +21,6 @@ Tests using these fixtures are marked ``kafka`` / ``kafka3`` automatically, so `
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -89,10 +87,9 @@ def admin(kafka_bootstrap: str) -> AdminClient:
 
 
 @pytest.fixture
-def topic_name(request: pytest.FixtureRequest) -> str:
-    """A unique, valid topic name mentioning the test (the topic itself is not created)."""
-    test = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:80]
-    return f"ckb-{test}-{uuid.uuid4().hex}"
+def topic_name(kafka_beat_topic: str) -> str:
+    """A unique, valid topic name mentioning the test (the topic itself is not created): the plugin's."""
+    return kafka_beat_topic
 
 
 @pytest.fixture(scope="session")

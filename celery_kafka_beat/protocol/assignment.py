@@ -21,10 +21,10 @@ gives it and releases what it does not.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import Final, Protocol
 
-__all__ = ["MAX_WEIGHT", "Balancer", "balance_bound", "tick_weight"]
+__all__ = ["MAX_WEIGHT", "Balancer", "tick_weight"]
 
 _MASK: Final = (1 << 64) - 1
 
@@ -72,15 +72,6 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def balance_bound(weights: Iterable[int], sessions: int) -> tuple[int, int]:
-    """``(numerator, denominator)`` of the most :func:`balance` gives one session when every entry may go to all
-    ``sessions``: ``W/k + w_max`` (and ``ceil(n/k)`` entries when the weights are equal; see the module)."""
-    ws = list(weights)
-    if not ws or sessions < 1:
-        return 0, 1
-    return sum(ws) + sessions * max(ws), sessions
-
-
 class Balancer:
     """Caches per-name hashes; :meth:`balance` is a pure function of its arguments."""
 
@@ -122,6 +113,17 @@ class Balancer:
                 again.setdefault(session, []).append(entry)
             result, moved = self._pass(weights, candidates, again)
         return result
+
+    def moves(
+        self,
+        weights: Mapping[str, int],
+        candidates: Mapping[str, Collection[str]],
+        owned: Mapping[str, Collection[str]],
+    ) -> list[str]:
+        """The entries :meth:`balance` would give to another session than their owner (or that have none), sorted:
+        empty once ownership has settled."""
+        answer = self.balance(weights, candidates, owned)
+        return sorted(e for e, s in answer.items() if e not in owned.get(s, ()))
 
     def _pass(
         self,

@@ -335,8 +335,7 @@ def balanced(periods: Mapping[str, int], owned: Mapping[str, Iterable[str]]) -> 
         return False
     schedule = IntervalSchedule(dict(periods))
     weights = {e: tick_weight(schedule, e) for e in periods}
-    answer = Balancer().balance(weights, dict.fromkeys(periods, sessions), mine)
-    return all(e in mine[s] for e, s in answer.items())
+    return not Balancer().moves(weights, dict.fromkeys(periods, sessions), mine)
 
 
 def procs_settled(nodes: list[NodeProc], periods: Mapping[str, int]) -> dict[str, list[str]] | None:
